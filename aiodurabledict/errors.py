@@ -1,13 +1,13 @@
 """The errors aiodurabledict raises: one rooted tree, and the mapper that builds it at the I/O edge.
 
-    DurableDictError
-     ├── BackendError          the store failed or is unreachable (the client's error is __cause__)
-     │    └── StaleError       the cache went unconfirmed for longer than ``max_staleness``
-     ├── NotOpenError          used before ``open()`` or after ``aclose()``, or in another process
-     ├── EncodeError           (also ValueError) the codec cannot encode a value; nothing was written
-     ├── DecodeError           (also ValueError) a stored value cannot be decoded; names the key
-     ├── InvalidKeyError       (also ValueError) an empty, over-long or unencodable key
-     └── ValueTooLargeError    (also ValueError) larger than the store accepts; nothing was sent
+DurableDictError
+ ├── BackendError          the store failed or is unreachable (the client's error is __cause__)
+ │    └── StaleError       the cache went unconfirmed for longer than ``max_staleness``
+ ├── NotOpenError          used before ``open()`` or after ``aclose()``, or in another process
+ ├── EncodeError           (also ValueError) the codec cannot encode a value; nothing was written
+ ├── DecodeError           (also ValueError) a stored value cannot be decoded; names the key
+ ├── InvalidKeyError       (also ValueError) an empty, over-long or unencodable key
+ └── ValueTooLargeError    (also ValueError) larger than the store accepts; nothing was sent
 """
 
 from __future__ import annotations
@@ -71,11 +71,12 @@ def map_exceptions(*native: type[BaseException], message: str = "the store faile
 
     Our own errors and cancellation pass through untouched; the native error becomes ``__cause__``.
     """
+    catch = native or (Exception,)
     try:
         yield
     except DurableDictError:
         raise
     except asyncio.CancelledError:
         raise
-    except native or (Exception,) as exc:
+    except catch as exc:
         raise BackendError(f"{message}: {type(exc).__name__}: {exc}") from exc

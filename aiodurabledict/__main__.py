@@ -1,0 +1,5 @@
+"""``python -m aiodurabledict``: the same command line as the ``aiodurabledict`` script."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""An in-process store with versions and notices: several dicts on one ``MemoryStore`` behave like
+several processes on one server. Switches make it drop notices, fail or freeze, so that applications
+can test their own handling of outages without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from .._backend import Delta
+from .._dict import AsyncDurableDict
+
+__all__ = ["MemoryBackend", "MemoryDict", "MemoryStore", "MemoryStoreError"]
+
+V = TypeVar("V")
+
+
+class MemoryStoreError(ConnectionError):
+    """What a failing ``MemoryStore`` raises, as a network client would."""
+
+
+class MemoryStore:
+    """The shared content of one dict: values, a dense version, a change log and subscribers.
+
+    Test switches (plain attributes):
+
+    - ``drop_notices``: commits publish nothing, as when pub/sub loses messages.
+    - ``failing``: every call raises ``MemoryStoreError`` and live subscriptions break.
+    - ``frozen``: every call waits until ``frozen`` is cleared, as with a stopped server.
+    - ``latency``: seconds each call takes.
+
+    ``round_trips`` counts calls, so tests can assert how many a piece of code made.
+    ``log_limit`` bounds the change log; a dict older than what it keeps reloads fully.
+    """
+
+    def __init__(self, *, log_limit: int = 10_000) -> None:
+        self.items: dict[str, bytes] = {}
+        self.version = 0
+        self.log: dict[str, int] = {}
+        self.horizon = 0
+        self.log_limit = log_limit
+        self.round_trips = 0
+        self.drop_notices = False
+        self.latency = 0.0
+        self._failing = False
+        self._frozen = False
+        self._thawed: asyncio.Event | None = None
+        self._subscribers: set[asyncio.Queue[Delta | BaseException]] = set()
+
+    @property
+    def failing(self) -> bool:
+        return self._failing
+
+    @failing.setter
+    def failing(self, value: bool) -> None:
+        self._failing = value
+        if value:
+            for queue in self._subscribers:
+                queue.put_nowait(MemoryStoreError("the store went away"))
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self._frozen = value
+        if self._thawed is None:
+            self._thawed = asyncio.Event()
+        if value:
+            self._thawed.clear()
+        else:
+            self._thawed.set()
+
+    async def _round_trip(self) -> None:
+        self.round_trips += 1
+        await asyncio.sleep(self.latency)
+        if self._frozen and self._thawed is not None:
+            await self._thawed.wait()
+        if self._failing:
+            raise MemoryStoreError("the store is failing")
+
+    def _commit(self, changes: Mapping[str, bytes | None]) -> Delta:
+        self.version += 1
+        for key, raw in changes.items():
+            if raw is None:
+                self.items.pop(key, None)
+            else:
+                self.items[key] = raw
+            self.log.pop(key, None)
+            self.log[key] = self.version
+        while len(self.log) > self.log_limit:
+            oldest = next(iter(self.log))
+            self.horizon = max(self.horizon, self.log.pop(oldest))
+        delta = Delta(self.version, dict(changes), prev=self.version - 1)
+        if not self.drop_notices:
+            for queue in self._subscribers:
+                queue.put_nowait(delta)
+        return delta
+
+
+class MemoryBackend:
+    """The ``Backend`` protocol over a ``MemoryStore``."""
+
+    dense_versions = True
+    max_key_bytes = 1 << 16
+    max_value_bytes: int | None = None
+
+    def __init__(self, store: MemoryStore | None = None) -> None:
+        self.store = store if store is not None else MemoryStore()
+
+    async def start(self) -> None:
+        await self.store._round_trip()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def load(self) -> Delta:
+        await self.store._round_trip()
+        return Delta(self.store.version, dict(self.store.items), full=True)
+
+    async def changes_since(self, version: int) -> Delta:
+        store = self.store
+        await store._round_trip()
+        if version < store.horizon:
+            return Delta(store.version, dict(store.items), full=True)
+        changed = {k: store.items.get(k) for k, v in store.log.items() if v > version}
+        return Delta(store.version, changed, prev=version)
+
+    async def set(self, key: str, value: bytes) -> Delta:
+        await self.store._round_trip()
+        return self.store._commit({key: value})
+
+    async def pop(self, key: str) -> tuple[Delta, bytes] | None:
+        await self.store._round_trip()
+        old = self.store.items.get(key)
+        if old is None:
+            return None
+        return self.store._commit({key: None}), old
+
+    async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
+        store = self.store
+        await store._round_trip()
+        existing = store.items.get(key)
+        if existing is not None:
+            return Delta(store.version, {key: existing}), existing
+        return store._commit({key: value}), value
+
+    async def update(self, items: Mapping[str, bytes]) -> Delta:
+        await self.store._round_trip()
+        return self.store._commit(items)
+
+    async def clear(self) -> Delta:
+        await self.store._round_trip()
+        return self.store._commit(dict.fromkeys(self.store.items))
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:
+        store = self.store
+        await store._round_trip()
+        queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        store._subscribers.add(queue)
+        try:
+            yield _notices(queue)
+        finally:
+            store._subscribers.discard(queue)
+
+
+async def _notices(queue: asyncio.Queue[Delta | BaseException]) -> AsyncIterator[Delta]:
+    while True:
+        item = await queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class MemoryDict(AsyncDurableDict[V]):
+    """A dict on an in-process ``MemoryStore``; dicts given the same store share its content.
+
+    For tests and for applications that want the dict's behaviour without a server.
+    """
+
+    def __init__(self, store: MemoryStore | None = None, **opts: Any) -> None:
+        super().__init__(MemoryBackend(store), **opts)
+
+    @property
+    def store(self) -> MemoryStore:
+        """The store this dict reads and writes."""
+        backend = self._backend
+        assert isinstance(backend, MemoryBackend)
+        return backend.store

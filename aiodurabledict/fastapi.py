@@ -1,0 +1,58 @@
+"""FastAPI integration: a dependency that hands handlers a fresh, read-only view of a dict.
+
+Together with ``SyncMiddleware`` (or ``lifespan``) from ``aiodurabledict.asgi``, re-exported here::
+
+    settings = open_dict("redis://localhost:6379/0?keyspace=settings")
+    app = FastAPI(lifespan=lifespan(settings))
+    app.add_middleware(SyncMiddleware, dicts=[settings], lifespan=False)
+
+    @app.get("/")
+    async def index(config: Annotated[Mapping[str, Any], Depends(settings_view(settings))]) -> str:
+        return config.get("greeting", "hello")
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+from fastapi import HTTPException
+from starlette.requests import HTTPConnection
+
+from ._dict import AsyncDurableDict
+from .asgi import SYNCED_SCOPE_KEY, ChangeCallback, SyncMiddleware, follow_changes, lifespan, open_all
+from .errors import BackendError, StaleError
+
+__all__ = ["ChangeCallback", "SyncMiddleware", "follow_changes", "lifespan", "open_all", "settings_view"]
+
+V = TypeVar("V")
+
+log = logging.getLogger("aiodurabledict")
+
+
+def settings_view(d: AsyncDurableDict[V]) -> Callable[[HTTPConnection], Awaitable[Mapping[str, V]]]:
+    """A dependency giving the handler ``d``'s live, read-only view, synced for this request.
+
+    The sync is skipped when ``SyncMiddleware`` already synced ``d`` for the request; otherwise it
+    costs nothing while a watcher is live and one round trip, shared by concurrent requests, without
+    one. With the store unreachable the handler gets the last known values; past ``max_staleness``
+    the request fails with HTTP 503. Works in HTTP and WebSocket routes.
+    """
+
+    async def dependency(connection: HTTPConnection) -> Mapping[str, V]:
+        if id(d) not in connection.scope.get(SYNCED_SCOPE_KEY, ()):
+            try:
+                await d.sync()
+            except StaleError as exc:
+                raise HTTPException(
+                    status_code=503,
+                    detail="Settings are temporarily unavailable: their store has been unreachable for too long.",
+                    headers={"Retry-After": "1"},
+                ) from exc
+            except BackendError as exc:
+                log.debug("request runs on cached values: %s", exc)
+        return d.view
+
+    dependency.__name__ = f"settings_view_{id(d):x}"
+    return dependency
