@@ -47,9 +47,17 @@ class Backend(Protocol):
     store; the dict wraps anything else a backend raises the same way.
     """
 
-    dense_versions: bool
-    max_key_bytes: int
-    max_value_bytes: int | None
+    @property
+    def dense_versions(self) -> bool:
+        """Each commit raises the version by exactly one."""
+
+    @property
+    def max_key_bytes(self) -> int:
+        """The longest key the store takes, in UTF-8 bytes."""
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        """The largest encoded value the store takes; ``None`` for no limit of ours."""
 
     async def start(self) -> None:
         """Prepare what the store needs (scripts, tables); no loading. Called by ``open()``."""

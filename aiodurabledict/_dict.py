@@ -15,7 +15,9 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Generic, Self, TypeVar, overload
+from typing import Any, Generic, Self, overload
+
+from typing_extensions import TypeVar
 
 from ._backend import Backend, Delta
 from ._codecs import Codec, JSONCodec
@@ -34,7 +36,8 @@ from .errors import (
 
 __all__ = ["AsyncDurableDict"]
 
-V = TypeVar("V")
+# Unparametrised dicts hold Any, so `MemoryDict()` needs no annotation to type-check.
+V = TypeVar("V", default=Any)
 T = TypeVar("T")
 
 log = logging.getLogger("aiodurabledict")

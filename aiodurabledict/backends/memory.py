@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from .._backend import Delta
-from .._dict import AsyncDurableDict
+from .._dict import AsyncDurableDict, V
 
 __all__ = ["MemoryBackend", "MemoryDict", "MemoryStore", "MemoryStoreError"]
-
-V = TypeVar("V")
 
 
 class MemoryStoreError(ConnectionError):
