@@ -57,6 +57,21 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+async def _stop(task: asyncio.Task[None], *, tries: int = 20) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a client library swallowed the first.
+
+    (Python 3.11's ``asyncio.timeout`` can lose a cancellation that races its own deadline.)
+    """
+    for _ in range(tries):
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+        if task.done():
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("the watcher ended with %r", task.exception())
+            return
+    log.warning("the watcher did not stop after %d cancellations; leaving it behind", tries)
+
+
 class _Cache(dict[str, Any]):
     """The cache itself; a key whose stored value cannot be decoded raises ``DecodeError`` on lookup."""
 
@@ -146,6 +161,8 @@ class AsyncDurableDict(Generic[V]):
         self._timeout = timeout
         # The watcher's own checks must notice a frozen store quickly, whatever the write timeout.
         self._check_timeout = min(timeout, max(heartbeat, 1.0))
+        # Keys up to this many characters fit the store's limit whatever their UTF-8 length.
+        self._short_key = backend.max_key_bytes // 4
 
         self._data = _Cache()
         self._view: Mapping[str, V] = MappingProxyType(self._data)
@@ -157,6 +174,9 @@ class AsyncDurableDict(Generic[V]):
         self._watcher: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._resync_event: asyncio.Event | None = None
+        # Gaps (lost or unplaceable notices) seen and filled: syncing is free only when they match.
+        self._gaps = 0
+        self._gaps_filled = 0
         self._streams: set[_ChangeStream[V]] = set()
         self._changes = 0
         self._changes_seen = 0
@@ -213,12 +233,10 @@ class AsyncDurableDict(Generic[V]):
         self._live = False
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await _stop(watcher)
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
-            inflight.cancel()
-            await asyncio.gather(inflight, return_exceptions=True)
+            await _stop(inflight)
         for stream in list(self._streams):
             stream._queue.put_nowait(None)
         self._streams.clear()
@@ -245,6 +263,7 @@ class AsyncDurableDict(Generic[V]):
         self._watcher = None
         self._inflight = None
         self._resync_event = asyncio.Event()
+        self._gaps = self._gaps_filled = 0
         self._fail_until = 0.0
         self._last_failure = None
 
@@ -271,8 +290,13 @@ class AsyncDurableDict(Generic[V]):
         Raises ``DecodeError`` when the stored value cannot be decoded, ``StaleError`` past
         ``max_staleness``, ``NotOpenError`` when not open.
         """
-        self._check_key(key)
-        await self._autosync_quietly()
+        if self._live and self._gaps_filled == self._gaps and self._generation == _fork_generation:
+            # The hot path: the watcher keeps the cache current, so this is a dict lookup.
+            if type(key) is not str or not key or len(key) > self._short_key:
+                self._check_key(key)
+        else:
+            self._check_key(key)
+            await self._autosync_quietly()
         try:
             return self._data[key]
         except KeyError:
@@ -356,7 +380,7 @@ class AsyncDurableDict(Generic[V]):
         its values), ``StaleError`` once the cache has gone unconfirmed longer than ``max_staleness``.
         """
         self._ensure_open()
-        if not (self._live and self._watcher is not None and not self._resync_pending()):
+        if not (self._live and self._gaps_filled == self._gaps):
             try:
                 await self._refresh()
             except BackendError as exc:
@@ -562,9 +586,6 @@ class AsyncDurableDict(Generic[V]):
 
     # -- internals: sync, the watcher's side ----------------------------------------------------------
 
-    def _resync_pending(self) -> bool:
-        return self._resync_event is not None and self._resync_event.is_set()
-
     @property
     def _resync_needed(self) -> asyncio.Event:
         assert self._resync_event is not None
@@ -604,18 +625,24 @@ class AsyncDurableDict(Generic[V]):
         if not self._watch:
             self._set_live(True)
 
+    async def _catch_up(self) -> None:
+        """Fetch what lost or incomplete notices left out; until then ``sync()`` is not free."""
+        seen = self._gaps
+        await self._refresh_once(self._check_timeout)
+        self._gaps_filled = seen
+
     def _on_notice(self, delta: Delta) -> None:
         self._confirm()
         if delta.version <= self._version:
             return
-        if not delta.complete:
-            self._resync_needed.set()
-            return
-        gap = delta.prev is None or delta.prev > self._version
-        self._apply(delta)
-        if gap and delta.version > self._version:
-            # A notice was lost (or cannot be placed): fetch what lies between.
-            self._resync_needed.set()
+        if delta.complete:
+            gap = delta.prev is None or delta.prev > self._version
+            self._apply(delta)
+            if not gap or delta.version <= self._version:
+                return
+        # A notice was lost, cannot be placed, or carries no values: fetch what lies between.
+        self._gaps += 1
+        self._resync_needed.set()
 
     def _confirm(self) -> None:
         self._confirmed_at = time.monotonic()

@@ -30,6 +30,8 @@ class _Followed(Protocol):
 
     async def _refresh(self, *, watcher: bool = ...) -> None: ...
 
+    async def _catch_up(self) -> None: ...
+
     def _on_notice(self, delta: Delta) -> None: ...
 
     def _set_live(self, live: bool, error: BaseException | None = None) -> None: ...
@@ -101,7 +103,7 @@ async def _follow(
 ) -> None:
     async with subscribe() as notices:
         # Whatever was written while we were not subscribed was published to nobody: check now.
-        await target._refresh(watcher=True)
+        await target._catch_up()
         target._set_live(True)
         backoff.reset()
         async with asyncio.TaskGroup() as tasks:
@@ -122,7 +124,7 @@ async def _resyncs(target: _Followed) -> None:
     while True:
         await target._resync_needed.wait()
         target._resync_needed.clear()
-        await target._refresh(watcher=True)
+        await target._catch_up()
 
 
 def _first(exc: BaseException) -> BaseException:

@@ -15,6 +15,9 @@ import pytest
 
 import tests.stores
 from aiodurabledict.testing.conformance import Factory
+from tests.servers import memcached_server, postgres_server, redis_server, zookeeper_server
+
+__all__ = ["factory", "memcached_server", "postgres_server", "redis_server", "zookeeper_server"]
 
 
 def _store_params() -> list[Any]:

@@ -2,21 +2,29 @@
 
 Layout under the dict's node ``P`` (the keyspace, e.g. ``/app/settings``)::
 
-    P              data: the names the last write changed, joined by "/" ("*": possibly all of them)
+    P              data: the names the last write changed, joined by "/" ("*": possibly all of
+                   them); for a write of one key, "<name>\\n=<value>" (values up to 8 KiB) or
+                   "<name>\\n-" (deleted)
                    stat: mzxid = zxid of the last write (the dict's version); version = writes so far
     P/<name>       one node per key; data = the value's bytes
-    P/.log/e<seq>  one sequential entry per write (data as P's); about the newest 256 are kept
+    P/.log/e<seq>  one sequential entry per write, data: the names it changed (or "*"); about the
+                   newest 256 are kept (trimmed every 64th write)
 
 Every write is one ``multi`` transaction: the key nodes' operations, a ``set`` of ``P`` (the stamp)
-and a new log entry, so that one read of ``P`` tells whether anything changed since a version and
-the stamp's write count tells whether exactly one write did (then ``P``'s data names its keys). Else
-the log's newest entries with a ``czxid`` past the version name them; when the log no longer reaches
-back (or says ``*``), everything is reloaded: the children listed once, their values read with
-``multiRead`` requests (ZooKeeper 3.6+), many in flight. Versions are ZooKeeper's zxids, comparable
-across processes. Writers must go through this backend (or stamp ``P`` the same way) to be seen.
+and a new log entry. So one read of ``P`` tells whether anything changed since a version, and when
+its write count moved by exactly one, ``P``'s data names the keys (or carries the value). Else the
+log's newest entries with a ``czxid`` past the version name them (the log is trusted only back to
+its oldest entry, or back to its creation while it was never trimmed; ``P`` and its log are created
+together). When it cannot tell, everything is reloaded: the children listed once and their values
+read by ``multiRead`` requests (ZooKeeper 3.6+; one ``get`` per key, pipelined, before), many in
+flight. Versions are ZooKeeper's zxids, comparable across processes. Writers must go through this
+backend (or stamp ``P`` and log the same way) to be seen.
 
-Notices follow ``P`` with one data watch, as a doorbell: on each ring the stamp is read again (which
-re-arms the watch) and the steps above fetch exactly the keys that changed since the last notice.
+Notices follow ``P`` with one data watch used as a doorbell, rather than one watch per key: every
+write rings it, re-reading ``P`` re-arms it, and the steps above yield exactly what changed since the
+previous notice (each notice's ``prev`` is the version of the one before). A subscription ends when
+aiozk reports the connection suspended or the session lost; the dict then subscribes again (a new
+watch on the new session) and asks ``changes_since``.
 
 A key's node name is ``urllib.parse.quote(key, safe="")`` (UTF-8, ``%XX`` for every byte outside
 ``A-Z a-z 0-9 _ . - ~``) with a leading ``.`` written ``%2E``: so ``/`` and any unicode work, no name
@@ -25,8 +33,8 @@ child whose name is not exactly what quoting gives (made by another tool) is not
 
 aiozk 0.32 is used through its request primitives: every call has a timeout (a dead connection is
 otherwise noticed only by aiozk's heartbeat), ``multi`` results are read op by op (``commit()`` hides
-failures), ``set`` always sends an explicit version, and no aiozk recipe (they leak tasks and share
-state between watchers) is used.
+failures), ``set`` always sends an explicit version, no aiozk recipe (they leak tasks and share
+state between watchers) is used, and ``close_client`` ends the tasks aiozk's ``close()`` leaves.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import contextlib
 import logging
 import struct
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
@@ -62,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = ["ZookeeperBackend", "ZookeeperDict", "escape_key", "unescape_key"]
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,8 @@ _ALL = b"*"
 # Changed names beyond this size are logged as "*" (readers reload everything) rather than
 # doubling a large batch's request.
 _PAYLOAD_LIMIT = 32 * 1024
+# A value this small also rides in the stamp, so that followers get it with the stamp's read.
+_INLINE_LIMIT = 8 * 1024
 _LOG_KEEP = 256
 _TRIM_EVERY = 64
 # Keys per multiRead request: many requests in flight, none with a huge answer.
@@ -202,11 +213,55 @@ def _payload(names: Iterable[str]) -> bytes:
     return _ALL if len(raw) > _PAYLOAD_LIMIT else raw
 
 
+def _stamp_payload(changes: Mapping[str, bytes | None]) -> bytes:
+    """The names, and for a write of one key its small value too (so followers need not fetch it)."""
+    if len(changes) == 1:
+        ((name, raw),) = changes.items()
+        if raw is None:
+            return name.encode() + b"\n-"
+        if len(raw) <= _INLINE_LIMIT:
+            return name.encode() + b"\n=" + raw
+    return _payload(changes)
+
+
 def _names_in(payload: bytes) -> _Names | None:
     """The names a stamp or log entry lists; ``None`` for "possibly all"."""
     if payload == _ALL:
         return None
-    return {n for n in payload.decode().split("/") if n}
+    return {n for n in payload.partition(b"\n")[0].decode().split("/") if n}
+
+
+def _inline_in(payload: bytes) -> dict[str, bytes | None]:
+    """The value a stamp carries for a write of one key, if it does."""
+    name, newline, rest = payload.partition(b"\n")
+    if not newline:
+        return {}
+    return {name.decode(): None if rest == b"-" else rest[1:]}
+
+
+def _request_size(request: Any) -> int:
+    """The bytes a transaction request takes on the wire (length prefix included)."""
+    size = 4 + 8 + _HEADER.size
+    for op in request.requests:
+        size += _HEADER.size + 4 + len(op.path.encode()) + 4
+        if isinstance(op, protocol.SetDataRequest | protocol.CreateRequest | protocol.Create2Request):
+            size += 4 + len(op.data or b"")
+        if isinstance(op, protocol.CreateRequest | protocol.Create2Request):
+            size += 4 + sum(12 + len(a.id.scheme.encode()) + len(a.id.id.encode()) for a in op.acl)
+    return size
+
+
+async def _all(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``calls`` concurrently; on the first failure cancel the rest and raise that failure."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as failed:
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup) and error.exceptions:
+            error = error.exceptions[0]
+        raise error from None
+    return [task.result() for task in tasks]
 
 
 class ZookeeperBackend:
@@ -242,14 +297,16 @@ class ZookeeperBackend:
         self._closed = False
         # Names believed to exist: a write picks "set" or "create" without asking first.
         self._present: set[str] = set()
-        # The stamp's write count at versions seen lately, and what this backend wrote at them.
-        self._counts: OrderedDict[int, int] = OrderedDict()
+        # The stamp's write count at versions seen lately, and what this backend wrote at them
+        # (the node's czxid, so that a recreated node's counts are not mistaken for the old ones).
+        self._counts: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._written: OrderedDict[int, dict[str, bytes | None]] = OrderedDict()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the client if it is not, and create the dict's node and its log."""
+        self._closed = False
         if self._owns_client or not self._client.session.started:
             await self._io(self._client.start())
         await self._ensure_tree()
@@ -265,8 +322,11 @@ class ZookeeperBackend:
         request.add(self._create_request(self._root, b""))
         request.add(self._create_request(self._log, b""))
         response = await self._io(self._client.send(request))
-        if isinstance(response.responses[0], zkexc.NodeExists):
+        first = response.responses[0]
+        if isinstance(first, zkexc.NodeExists):
             await self._create_quietly(self._log)
+        elif isinstance(first, Exception):
+            raise first
 
     async def aclose(self) -> None:
         """Close the client when this backend owns it; nothing else runs in the background."""
@@ -284,7 +344,7 @@ class ZookeeperBackend:
             names, stat = await self._children(self._root)
         except zkexc.NoNode:
             return Delta(version=self._last_zxid(), full=True)
-        self._remember(stat.last_modified_zxid, stat.version)
+        self._remember(stat)
         values = await self._fetch(n for n in names if not n.startswith("."))
         changes = {key: raw for key, raw in values.items() if raw is not None}
         return Delta(version=stat.last_modified_zxid, changes=changes, full=True)
@@ -297,11 +357,11 @@ class ZookeeperBackend:
         data, stat = stamp
         if stat.last_modified_zxid <= version:
             return Delta(version=version, prev=version)
-        found = await self._changed_after(version, data, stat)
+        found = await self._changes_after(version, data, stat)
         if found is None:
             return await self.load()
-        newest, names = found
-        return Delta(version=newest, changes=await self._fetch(names), prev=version)
+        newest, changes = found
+        return Delta(version=newest, changes=changes, prev=version)
 
     async def version(self) -> int:
         """The zxid of the dict's last write."""
@@ -317,6 +377,8 @@ class ZookeeperBackend:
             try:
                 return await self._commit([self._put(name, value)], {name: value})
             except _OpFailed as failed:
+                if failed.index != 0:
+                    raise failed.error from None
                 self._learn(name, failed.error)
         raise BackendError(f"ZooKeeper: the key's node kept changing type; gave up after {_ATTEMPTS} tries")
 
@@ -374,30 +436,40 @@ class ZookeeperBackend:
     async def clear(self) -> Delta:
         """Delete every key's node in one ``multi``, guarded by the stamp's write count.
 
-        More keys than one request can carry are deleted in several transactions.
+        More keys than one request can carry are deleted in several transactions, each guarded
+        the same way; when another write slips in between, the rest is listed and deleted again.
         """
+        removed: set[str] = set()
         for _ in range(_ATTEMPTS):
             try:
                 names, stat = await self._children(self._root)
             except zkexc.NoNode:
                 return Delta(version=self._last_zxid())
             keys = [n for n in names if unescape_key(n) is not None]
+            self._remember(stat)
+            # Removed by an earlier try and absent from this listing: absent as of every
+            # guarded transaction below.
+            changes: dict[str, bytes | None] = dict.fromkeys(removed - set(names))
             if not keys:
-                self._remember(stat.last_modified_zxid, stat.version)
-                return Delta(version=stat.last_modified_zxid)
-            changes: dict[str, bytes | None] = dict.fromkeys(keys)
+                return Delta(version=stat.last_modified_zxid, changes=self._keyed(changes))
+            changes.update(dict.fromkeys(keys))
             batches = self._batches([protocol.DeleteRequest(path=self._child(n), version=-1) for n in keys])
             count = stat.version
+            prev: int | None = None
             try:
-                for batch in batches:
+                for i, batch in enumerate(batches):
                     names_in: dict[str, bytes | None] = {self._name_of(op.path): None for op in batch}
                     delta = await self._commit(batch, names_in, stamp_version=count)
-                    count = self._counts[delta.version]
+                    removed.update(names_in)
+                    count = self._counts[delta.version][1]
+                    if i == 0:
+                        prev = delta.prev
             except _OpFailed as failed:
                 if not isinstance(failed.error, zkexc.BadVersion | zkexc.NoNode):
                     raise failed.error from None
                 continue
-            return Delta(version=delta.version, changes=self._keyed(changes), prev=delta.prev)
+            # Every batch followed the listing without a write between (the stamp's count).
+            return Delta(version=delta.version, changes=self._keyed(changes), prev=prev)
         raise BackendError(
             f"ZooKeeper: the dict kept changing during clear(); gave up after {_ATTEMPTS} tries"
         )
@@ -420,20 +492,23 @@ class ZookeeperBackend:
         kinds = (protocol.WatchEvent.CREATED, protocol.WatchEvent.DELETED, protocol.WatchEvent.DATA_CHANGED)
         for kind in kinds:
             session.add_watch_callback(kind, self._root, ring)
-        broken = session.state.wait_for(States.SUSPENDED, States.LOST)
-        broken.add_done_callback(lambda _: bell.set())
+        broken: asyncio.Future[None] | None = None
         notices: AsyncGenerator[Delta, None] | None = None
         try:
             stamp = await self._stamp(watch=True)
+            # Done at once if the connection was lost meanwhile: the dict then subscribes again.
+            broken = session.state.wait_for(States.SUSPENDED, States.LOST)
+            broken.add_done_callback(lambda _: bell.set())
             notices = self._follow(bell, broken, stamp)
             yield notices
         finally:
             for kind in kinds:
                 with contextlib.suppress(KeyError):
                     session.remove_watch_callback(kind, self._root, ring)
-            for state in (States.SUSPENDED, States.LOST):
-                session.state.futures[state].discard(broken)
-            broken.cancel()
+            if broken is not None:
+                for state in (States.SUSPENDED, States.LOST):
+                    session.state.futures[state].discard(broken)
+                broken.cancel()
             if notices is not None:
                 await notices.aclose()
 
@@ -460,29 +535,42 @@ class ZookeeperBackend:
             if zxid <= last:
                 continue
             mine = self._written.get(zxid)
-            if mine is not None and self._counts.get(last) == stat.version - 1:
+            if mine is not None and self._counts.get(last) == (stat.created_zxid, stat.version - 1):
                 yield Delta(version=zxid, changes=self._keyed(mine), prev=last)
                 last = zxid
                 continue
-            found = await self._changed_after(last, data, stat)
+            found = await self._changes_after(last, data, stat)
             if found is None:
                 yield Delta(version=zxid, complete=False)
                 last = zxid
                 continue
-            newest, names = found
-            yield Delta(version=newest, changes=await self._fetch(names), prev=last)
+            newest, changes = found
+            yield Delta(version=newest, changes=changes, prev=last)
             last = newest
 
     # -- internals: reading ---------------------------------------------------------------------
 
-    async def _changed_after(self, version: int, data: bytes, stat: Any) -> tuple[int, _Names] | None:
-        """The names changed after ``version`` and the version that covers them; ``None``: reload."""
+    async def _changes_after(
+        self, version: int, data: bytes, stat: Any
+    ) -> tuple[int, dict[str, bytes | None]] | None:
+        """What changed after ``version``, and the version that covers it; ``None``: reload."""
         zxid = int(stat.last_modified_zxid)
-        self._remember(zxid, stat.version)
-        if self._counts.get(version) == stat.version - 1:
-            # Exactly one write since: the stamp names its keys.
+        self._remember(stat)
+        if self._counts.get(version) == (stat.created_zxid, stat.version - 1):
+            # Exactly one write since: the stamp names its keys, or even carries the value.
+            inline = _inline_in(data)
+            if inline:
+                return (zxid, self._keyed(inline))
             listed = _names_in(data)
-            return None if listed is None else (zxid, listed)
+            return None if listed is None else (zxid, await self._fetch(listed))
+        found = await self._logged_after(version)
+        if found is None:
+            return None
+        newest, names = found
+        return (newest, await self._fetch(names))
+
+    async def _logged_after(self, version: int) -> tuple[int, _Names] | None:
+        """The names the log lists after ``version`` and the newest entry's zxid; ``None``: reload."""
         try:
             children, log_stat = await self._children(self._log)
         except zkexc.NoNode:
@@ -519,8 +607,8 @@ class ZookeeperBackend:
         """The values of the nodes ``names`` (``None`` where absent), keyed by key; pipelined."""
         named = [(n, k) for n in names if (k := unescape_key(n)) is not None]
         chunks = [named[i : i + _READ_CHUNK] for i in range(0, len(named), _READ_CHUNK)]
-        answers = await asyncio.gather(
-            *(self._multi_read([(_OP_GET_DATA, self._child(n)) for n, _ in chunk]) for chunk in chunks)
+        answers = await _all(
+            self._multi_read([(_OP_GET_DATA, self._child(n)) for n, _ in chunk]) for chunk in chunks
         )
         values: dict[str, bytes | None] = {}
         for chunk, results in zip(chunks, answers, strict=True):
@@ -540,12 +628,31 @@ class ZookeeperBackend:
         return None
 
     async def _multi_read(self, ops: Sequence[tuple[int, str]]) -> list[_ReadResult]:
+        conn = self._client.session.conn
+        if conn is not None and conn.version_info is not None and tuple(conn.version_info) < (3, 6, 0):
+            return await self._each_read(ops)
         response = await self._io(self._client.send(_MultiRead(ops)))
         results: list[_ReadResult] = response.results
         for result in results:
             if isinstance(result, int) and result != zkexc.NoNode.error_code:
                 raise zkexc.get_response_error(result)
         return results
+
+    async def _each_read(self, ops: Sequence[tuple[int, str]]) -> list[_ReadResult]:
+        """What ``multiRead`` answers, from one pipelined ``get`` per op (servers before 3.6)."""
+
+        async def one(path: str) -> _ReadResult:
+            try:
+                response = await self._client.send(protocol.GetDataRequest(path=path, watch=False))
+            except zkexc.NoNode:
+                return int(zkexc.NoNode.error_code)
+            s = response.stat
+            stat = (s.created_zxid, s.last_modified_zxid, s.created, s.modified, s.version, s.child_version)
+            return (response.data, stat)
+
+        assert all(opcode == _OP_GET_DATA for opcode, _ in ops)
+        async with asyncio.timeout(self._timeout):
+            return await _all(one(path) for _, path in ops)
 
     async def _stamp(self, *, watch: bool = False) -> tuple[bytes, Any] | None:
         """The dict node's data and stat (re-arming the watch), or ``None`` when it is missing."""
@@ -558,7 +665,7 @@ class ZookeeperBackend:
                 with contextlib.suppress(zkexc.NoNode):
                     await self._io(self._client.send(protocol.ExistsRequest(path=self._root, watch=True)))
             return None
-        self._remember(response.stat.last_modified_zxid, response.stat.version)
+        self._remember(response.stat)
         return (response.data or b"", response.stat)
 
     async def _children(self, path: str) -> tuple[list[str], Any]:
@@ -580,13 +687,14 @@ class ZookeeperBackend:
         log when they are missing and tries again.
         """
         payload = _payload(changes)
+        stamp_payload = _stamp_payload(changes)
         for attempt in range(2):
             request = protocol.TransactionRequest()
             for op in ops:
                 request.add(op)
-            request.add(protocol.SetDataRequest(path=self._root, data=payload, version=stamp_version))
+            request.add(protocol.SetDataRequest(path=self._root, data=stamp_payload, version=stamp_version))
             request.add(self._create_request(f"{self._log}/{_ENTRY}", payload, sequential=True))
-            size = len(request.serialize(0)) + 4
+            size = _request_size(request)
             if size > MAX_REQUEST_BYTES:
                 raise ValueTooLargeError(
                     f"the write would be a {size}-byte request; ZooKeeper accepts {MAX_REQUEST_BYTES} (jute.maxbuffer)"
@@ -609,8 +717,9 @@ class ZookeeperBackend:
             raise _OpFailed(index, error)
         stamp = response.responses[len(ops)].stat
         zxid, count = int(stamp.last_modified_zxid), int(stamp.version)
-        prev = next((z for z, c in reversed(self._counts.items()) if c == count - 1), None)
-        self._remember(zxid, count)
+        before = (stamp.created_zxid, count - 1)
+        prev = next((z for z, c in reversed(self._counts.items()) if c == before), None)
+        self._remember(stamp)
         for name, raw in changes.items():
             if raw is None:
                 self._present.discard(name)
@@ -701,10 +810,12 @@ class ZookeeperBackend:
     def _keyed(self, changes: Mapping[str, bytes | None]) -> dict[str, bytes | None]:
         return {key: raw for name, raw in changes.items() if (key := unescape_key(name)) is not None}
 
-    def _remember(self, zxid: int, count: int) -> None:
+    def _remember(self, stat: Any) -> None:
+        """Note the stamp's write count at its version (from any stat of the dict's node)."""
         counts = self._counts
-        counts[int(zxid)] = int(count)
-        counts.move_to_end(int(zxid))
+        zxid = int(stat.last_modified_zxid)
+        counts[zxid] = (int(stat.created_zxid), int(stat.version))
+        counts.move_to_end(zxid)
         while len(counts) > _REMEMBERED:
             counts.popitem(last=False)
 

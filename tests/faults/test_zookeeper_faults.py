@@ -1,0 +1,240 @@
+"""ZooKeeper servers stopped, restarted, frozen, and sessions expired under an open dict.
+
+Each test starts a private ZooKeeper on its own loopback port and checks that, once the fault is
+over, every open dict converges to the tree as a fresh client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiodurabledict import BackendError
+from aiodurabledict.backends.zookeeper import ZookeeperDict, close_client, unescape_key
+from tests.servers import ZookeeperServer
+
+pytestmark = [pytest.mark.zookeeper, pytest.mark.faults, pytest.mark.slow]
+
+# ZooKeeper's smallest session timeout with the default tickTime (2 s) is 4 s.
+SESSION_TIMEOUT = 4.0
+PORTS = range(12180, 12200)
+
+
+def _free_port() -> int:
+    for port in PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in 12180-12199")
+
+
+@asynccontextmanager
+async def private_zookeeper() -> AsyncIterator[tuple[ZookeeperServer, Callable[[], Any]]]:
+    """A private server and a maker of started clients on it (all closed afterwards)."""
+    import aiozk
+
+    server = ZookeeperServer(port=_free_port())
+    await server.astart()
+    clients: list[Any] = []
+
+    async def client() -> Any:
+        made = aiozk.ZKClient(server.address, session_timeout=SESSION_TIMEOUT)
+        clients.append(made)
+        async with asyncio.timeout(20):
+            await made.start()
+        return made
+
+    try:
+        yield server, client
+    finally:
+        for made in clients:
+            await close_client(made, 1.0)
+        server.close()
+
+
+async def freeze(server: ZookeeperServer) -> None:
+    """SIGSTOP the server and wait until every one of its threads has stopped (bounded)."""
+    server.freeze()
+    assert server.pid is not None
+    deadline = time.monotonic() + 10
+    while not _stopped(server.pid):
+        assert time.monotonic() < deadline, "the server did not stop"
+        await asyncio.sleep(0.01)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in the stopped state (read from /proc)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            state = (task / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
+async def tree_content(client: Any, path: str) -> dict[str, Any]:
+    """The dict's content as a fresh reader sees it: every key node's JSON value."""
+    names = await client.get_children(path)
+    content: dict[str, Any] = {}
+    for name in names:
+        key = unescape_key(name)
+        if key is not None:
+            content[key] = json.loads(await client.get_data(f"{path}/{name}"))
+    return content
+
+
+async def converged(d: ZookeeperDict[Any], client: Any, path: str, *, within: float = 60.0) -> dict[str, Any]:
+    """Wait until the dict's cache equals the tree (bounded), and return the tree."""
+    deadline = time.monotonic() + within
+    while True:
+        tree = await tree_content(client, path)
+        if dict(d.view) == tree and d.status.connected:
+            return tree
+        assert time.monotonic() < deadline, f"no convergence: cache {dict(d.view)} vs tree {tree}"
+        await asyncio.sleep(0.2)
+
+
+async def write_until_done(writer: ZookeeperDict[Any], key: str, value: Any, *, within: float = 60.0) -> None:
+    """Retry one write through an outage (bounded): a writer that keeps trying."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await writer.set(key, value)
+            return
+        except BackendError:
+            assert time.monotonic() < deadline, "the writer never got through"
+            await asyncio.sleep(0.2)
+
+
+async def test_stop_longer_than_the_session_timeout() -> None:
+    """Server down past the session timeout while another client writes: the dict converges.
+
+    Whether the session survives depends on when aiozk's growing reconnection delay lets it back in;
+    the next test expires it for certain.
+    """
+    path = f"/faults/{uuid.uuid4().hex}"
+    async with private_zookeeper() as (server, client):
+        reader_zk, writer_zk = await client(), await client()
+        async with (
+            ZookeeperDict[Any](path, reader_zk, heartbeat=0.5, timeout=2.0) as reader,
+            ZookeeperDict[Any](path, writer_zk, watch=False, timeout=2.0) as writer,
+        ):
+            await writer.update({f"k{i}": i for i in range(20)})
+            await converged(reader, reader_zk, path)
+
+            await server.astop()
+            outage = asyncio.create_task(asyncio.sleep(SESSION_TIMEOUT * 2))
+            with pytest.raises(BackendError):
+                await writer.set("during", 1)
+            await outage
+            await server.astart()
+            await write_until_done(writer, "after", 2)
+            await write_until_done(writer, "k0", "changed")
+            await writer.delete("k1")
+
+            tree = await converged(reader, await client(), path)
+            assert tree["after"] == 2
+            assert tree["k0"] == "changed"
+            assert "k1" not in tree
+
+
+async def test_expired_session_rereads_the_tree_and_rearms_the_watch() -> None:
+    """After its session expires the dict follows the tree again by notices alone (no heartbeat)."""
+    import aiozk
+
+    path = f"/faults/{uuid.uuid4().hex}"
+    async with private_zookeeper() as (server, client):
+        reader_zk, writer_zk = await client(), await client()
+        # A heartbeat longer than the test: only notices can bring the writes after expiry.
+        async with (
+            ZookeeperDict[Any](path, reader_zk, heartbeat=3600.0, timeout=2.0) as reader,
+            ZookeeperDict[Any](path, writer_zk, watch=False) as writer,
+        ):
+            await writer.set("before", 1)
+            await converged(reader, reader_zk, path)
+            old_session = reader_zk.session.session_id
+
+            # Expire the reader's session the way ZooKeeper's own tests do: another connection
+            # takes the session over and closes it.
+            thief = aiozk.ZKClient(server.address, session_timeout=SESSION_TIMEOUT)
+            thief.session.session_id = reader_zk.session.session_id
+            thief.session.password = reader_zk.session.password
+            async with asyncio.timeout(20):
+                await thief.start()
+            await close_client(thief, 2.0)
+
+            await writer.set("while-expiring", 2)
+            deadline = time.monotonic() + 60
+            while reader_zk.session.session_id in (old_session, None) or not reader.status.connected:
+                assert time.monotonic() < deadline, "the reader never got a new session"
+                await asyncio.sleep(0.1)
+            await writer.set("after", 3)
+            tree = await converged(reader, writer_zk, path)
+            assert tree == {"before": 1, "while-expiring": 2, "after": 3}
+
+
+async def test_brief_restart() -> None:
+    """A restart shorter than the session timeout: the dict resubscribes and notices resume.
+
+    The reader's heartbeat is longer than the test, so only its resubscription (which asks
+    ``changes_since``) and notices can bring the writes.
+    """
+    path = f"/faults/{uuid.uuid4().hex}"
+    async with private_zookeeper() as (server, client):
+        reader_zk, writer_zk = await client(), await client()
+        async with (
+            ZookeeperDict[Any](path, reader_zk, heartbeat=3600.0, timeout=2.0) as reader,
+            ZookeeperDict[Any](path, writer_zk, watch=False, timeout=2.0) as writer,
+        ):
+            await writer.update({"a": 1, "b": 2})
+            await converged(reader, reader_zk, path)
+            await server.arestart()
+            await write_until_done(writer, "a", 10)
+            await converged(reader, writer_zk, path)
+            await writer.set("c", 3)
+            tree = await converged(reader, writer_zk, path)
+            assert tree == {"a": 10, "b": 2, "c": 3}
+
+
+async def test_frozen_server_fails_calls_in_time_and_recovers() -> None:
+    """Frozen server: calls fail in time, the status shows the outage, reads serve the cache; then it converges."""
+    path = f"/faults/{uuid.uuid4().hex}"
+    async with private_zookeeper() as (server, client):
+        reader_zk, writer_zk = await client(), await client()
+        async with (
+            ZookeeperDict[Any](path, reader_zk, heartbeat=0.5, timeout=1.0) as reader,
+            ZookeeperDict[Any](path, writer_zk, watch=False, timeout=1.0) as writer,
+        ):
+            await writer.set("a", 1)
+            await converged(reader, reader_zk, path)
+            await freeze(server)
+            try:
+                with pytest.raises(BackendError):
+                    await writer.set("a", 2)
+                # The watcher's heartbeat notices the outage and says so in the status.
+                deadline = time.monotonic() + 15
+                while reader.status.connected:
+                    assert time.monotonic() < deadline, "the outage never showed in the status"
+                    await asyncio.sleep(0.1)
+                with pytest.raises(BackendError):
+                    await reader.sync()
+                assert reader["a"] == 1
+            finally:
+                server.thaw()
+            await write_until_done(writer, "b", 2)
+            tree = await converged(reader, writer_zk, path)
+            assert tree["b"] == 2

@@ -1,0 +1,108 @@
+"""ZooKeeper for the conformance suite: plain, and with the change log nearly always out of reach.
+
+Every dict a factory makes has an aiozk client of its own (as another process would), on one fresh
+znode per test; the znode is deleted recursively and the clients closed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import pytest
+
+from aiodurabledict import AsyncDurableDict
+from aiodurabledict.testing.conformance import Factory
+from tests.servers import answers, unavailable, zookeeper_address
+
+ZOOKEEPER = zookeeper_address()
+
+
+async def delete_tree(client: Any, path: str) -> None:
+    """Delete ``path`` and everything under it (children read level by level)."""
+    from aiozk import exc
+
+    try:
+        children = await client.get_children(path)
+    except exc.NoNode:
+        return
+    await asyncio.gather(*(delete_tree(client, f"{path}/{child}") for child in children))
+    with suppress(exc.NoNode):
+        await client.delete(path, force=True)
+
+
+async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
+    """A started aiozk client, or a skip (a failure in CI) when the server does not answer."""
+    try:
+        import aiozk
+
+        from aiodurabledict.backends.zookeeper import close_client
+    except ImportError:
+        unavailable("aiozk is not installed")
+    if not answers(servers):
+        unavailable(f"ZooKeeper does not answer at {servers}")
+    options.setdefault("session_timeout", 10)
+    client = aiozk.ZKClient(servers, **options)
+    try:
+        async with asyncio.timeout(5):
+            await client.start()
+    except (TimeoutError, aiozk.exc.ZKError, OSError) as exc:
+        await close_client(client, 1.0)
+        unavailable(f"ZooKeeper at {servers} is unreachable: {type(exc).__name__}: {exc}")
+    return client
+
+
+@asynccontextmanager
+async def zookeeper_znode(servers: str = ZOOKEEPER) -> AsyncIterator[tuple[str, list[Any]]]:
+    """A fresh znode path and a list that collects clients to close; deletes the tree afterwards."""
+    from aiodurabledict.backends.zookeeper import close_client
+
+    admin = await start_client(servers)
+    path = f"/aiodurabledict-test/{uuid.uuid4().hex}"
+    clients: list[Any] = []
+    try:
+        yield path, clients
+    finally:
+        try:
+            async with asyncio.timeout(30):
+                await delete_tree(admin, path)
+        finally:
+            for client in (*clients, admin):
+                await close_client(client, 2.0)
+
+
+def _zookeeper(*, log_keep: int | None = None, heartbeat: float = 2.0) -> Any:
+    @asynccontextmanager
+    async def factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+        import aiozk
+
+        from aiodurabledict.backends import zookeeper
+
+        async with zookeeper_znode() as (path, clients):
+            if log_keep is not None:
+                # Trim after every write down to a tiny log, so most reads fall back to a reload.
+                request.getfixturevalue("monkeypatch").setattr(zookeeper, "_LOG_KEEP", log_keep)
+                request.getfixturevalue("monkeypatch").setattr(zookeeper, "_TRIM_EVERY", 1)
+
+            async def make(**opts: Any) -> AsyncDurableDict[Any]:
+                # Unstarted and owned: the dict starts the client on open() and closes it with
+                # every task it ran on aclose().
+                client = aiozk.ZKClient(ZOOKEEPER, session_timeout=10)
+                clients.append(client)
+                opts.setdefault("heartbeat", heartbeat)
+                return zookeeper.ZookeeperDict(path, client, owns_client=True, **opts)
+
+            yield make
+
+    return factory
+
+
+PARAMS = [
+    pytest.param(_zookeeper(), id="zookeeper", marks=pytest.mark.zookeeper),
+    pytest.param(
+        _zookeeper(log_keep=1, heartbeat=0.3), id="zookeeper-short-log", marks=pytest.mark.zookeeper
+    ),
+]
