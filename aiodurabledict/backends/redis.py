@@ -3,7 +3,9 @@
 Layout for keyspace ``ks`` (one ``{hash tag}``, so the layout is valid on Redis Cluster):
 
 - ``{ks}:data``     HASH   key -> value bytes
-- ``{ks}:version``  STRING the store version; every commit raises it by exactly one
+- ``{ks}:version``  STRING the store version; every commit raises it by exactly one, except the
+  first: it starts from the clock (microseconds), so that a store recreated after its keys were
+  lost (a restart without persistence, a FLUSHDB) never reuses versions caches already hold
 - ``{ks}:log``      ZSET   key -> version at which it last changed (deletions included)
 - ``{ks}:horizon``  STRING changes at versions up to this one may be missing from the log
 - ``{ks}:notices``  pub/sub channel: one notice per commit
@@ -12,6 +14,10 @@ A notice is ``1 <version> <prev> <c|i>\\n`` followed, for a complete (``c``) not
 changed key as ``<len>:<bytes>`` and then ``=<len>:<bytes>`` (its new value) or ``-`` (deleted).
 Notices whose keys and values exceed ``notice_value_limit`` bytes are sent incomplete (``i``,
 no entries): subscribers fetch the change with ``changes_since``.
+
+The user's client is used as given (``decode_responses``, RESP2 or RESP3, retries, TLS): replies are
+read undecoded, so values stay bytes whatever the client decodes. The layout keeps Redis Cluster's
+rules (one slot per dict); a ``RedisCluster`` client takes the script paths only.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from .._dict import AsyncDurableDict
 from ..errors import BackendError, map_exceptions
 
 try:
+    from redis.asyncio import Redis
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisDict needs redis-py: pip install 'aiodurabledict[redis]'", name=exc.name) from exc
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis, RedisCluster
+    from redis.asyncio import RedisCluster
 
 __all__ = ["RedisBackend", "RedisDict", "parse_notice"]
 
@@ -47,8 +54,6 @@ log = logging.getLogger(__name__)
 MAX_KEY_BYTES = 64 * 1024
 # Redis's own limit for a string or hash field value (proto-max-bulk-len).
 MAX_VALUE_BYTES = 512 * 1024 * 1024
-# Lua's unpack() refuses more than about 8000 values: larger batches go to Redis in chunks.
-_CHUNK = 1000
 # How long one read on the subscription may block before it re-arms: bounded, so that the read
 # never depends on a redis-py version's idea of "no timeout".
 _READ_SLICE = 5.0
@@ -57,9 +62,10 @@ _READ_SLICE = 5.0
 # Lua. KEYS: data, version, log, horizon. ARGV: channel, notice_value_limit (-1: do not publish),
 # tombstone_limit, then the operation's own arguments from ARGV[4].
 
-_PRELUDE = r"""
+# Reads need only the names; writes add the commit machinery (defining it costs every call).
+_READ_PRELUDE = r"""
 local data, verkey, logkey, horkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local channel, nlimit, tlimit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Lua's unpack() refuses more than about 8000 values: large batches go to Redis in chunks.
 local CHUNK = 1000
 
 local function fmt(n) return string.format('%d', n) end
@@ -67,6 +73,12 @@ local function fmt(n) return string.format('%d', n) end
 local function current()
   return tonumber(redis.call('GET', verkey) or '0')
 end
+"""
+
+_PRELUDE = (
+    _READ_PRELUDE
+    + r"""
+local channel, nlimit, tlimit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 -- Drop the oldest log entries once deleted keys pile up, and say so in the horizon.
 local function trim()
@@ -104,9 +116,22 @@ local function publish(v, keys, vals)
   redis.call('PUBLISH', channel, table.concat(parts))
 end
 
+-- A store's first commit (new, or recreated after its keys were lost) starts from the clock, above
+-- any version it had before; the horizon below it makes caches from before the loss reload in full.
+local function next_version()
+  local v = redis.call('INCR', verkey)
+  if v == 1 then
+    local now = redis.call('TIME')
+    v = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    redis.call('SET', verkey, fmt(v))
+    redis.call('SET', horkey, fmt(v - 1))
+  end
+  return v
+end
+
 -- One commit: bump the version once, log every key at it, trim, announce. vals[i] false = deleted.
 local function commit(keys, vals)
-  local v = redis.call('INCR', verkey)
+  local v = next_version()
   for i = 1, #keys, CHUNK do
     local z = {}
     for j = i, math.min(i + CHUNK - 1, #keys) do
@@ -120,6 +145,7 @@ local function commit(keys, vals)
   return v
 end
 """
+)
 
 _SET = r"""
 local key, val = ARGV[4], ARGV[5]
@@ -164,7 +190,7 @@ if #keys == 0 then return {current(), keys} end
 redis.call('DEL', data, logkey)
 local vals = {}
 for i = 1, #keys do vals[i] = false end
-local v = redis.call('INCR', verkey)
+local v = next_version()
 redis.call('SET', horkey, fmt(v))
 publish(v, keys, vals)
 return {v, keys}
@@ -199,8 +225,8 @@ class _Script:
 
     __slots__ = ("sha", "source")
 
-    def __init__(self, body: str) -> None:
-        self.source = (_PRELUDE + body).encode()
+    def __init__(self, body: str, prelude: str = _PRELUDE) -> None:
+        self.source = (prelude + body).encode()
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
 
     async def __call__(self, client: Any, keys: Sequence[bytes], args: Sequence[bytes | int]) -> Any:
@@ -215,16 +241,13 @@ class _Script:
 
 
 _SCRIPTS = {
-    name: _Script(body)
-    for name, body in {
-        "set": _SET,
-        "pop": _POP,
-        "setdefault": _SETDEFAULT,
-        "update": _UPDATE,
-        "clear": _CLEAR,
-        "changes": _CHANGES,
-        "load": _LOAD,
-    }.items()
+    "set": _Script(_SET),
+    "pop": _Script(_POP),
+    "setdefault": _Script(_SETDEFAULT),
+    "update": _Script(_UPDATE),
+    "clear": _Script(_CLEAR),
+    "changes": _Script(_CHANGES, _READ_PRELUDE),
+    "load": _Script(_LOAD, _READ_PRELUDE),
 }
 
 
@@ -302,6 +325,9 @@ class RedisBackend:
     ``tombstone_limit``: deleted keys kept in the change log before the oldest entries are trimmed
     (a cache further behind than the trimmed entries reloads in full).
     ``owns_client``: ``aclose()`` closes the client too (for clients the library made itself).
+
+    Versions are dense (each commit adds one) except a store's first commit, which starts from the
+    clock; a cache then sees a gap and reloads, which is what a store that lost its keys needs.
     """
 
     dense_versions = True
@@ -343,15 +369,17 @@ class RedisBackend:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the scripts, so that the first write is one round trip."""
+        """Make sure the scripts are loaded (one small round trip), so that each write is one more."""
         with map_exceptions(RedisError, OSError, message="cannot reach Redis"):
-            from redis.asyncio import Redis
-
             if isinstance(self.client, Redis):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for script in _SCRIPTS.values():
-                        pipe.script_load(script.source)
-                    await pipe.execute()
+                scripts = list(_SCRIPTS.values())
+                loaded = await self.client.script_exists(*(script.sha for script in scripts))
+                missing = [script for script, there in zip(scripts, loaded, strict=True) if not there]
+                if missing:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for script in missing:
+                            pipe.script_load(script.source)
+                        await pipe.execute()
 
     async def aclose(self) -> None:
         """Close the client only when this backend owns it."""
@@ -362,8 +390,6 @@ class RedisBackend:
 
     async def load(self) -> Delta:
         """Version and every entry, read atomically in one round trip."""
-        from redis.asyncio import Redis
-
         with map_exceptions(RedisError, OSError, message="cannot load from Redis"):
             if isinstance(self.client, Redis) and not _decodes_responses(self.client):
                 async with self.client.pipeline(transaction=True) as pipe:
@@ -372,7 +398,7 @@ class RedisBackend:
                     version, content = await pipe.execute()
                 return Delta(
                     version=int(version or 0),
-                    changes={_key(k): v for k, v in content.items()},
+                    changes={k.decode("utf-8", "surrogateescape"): v for k, v in content.items()},
                     full=True,
                 )
             version, flat = await self._run("load")
@@ -399,6 +425,10 @@ class RedisBackend:
             return int(await self.client.get(self.version_key) or 0)
 
     # -- writes -----------------------------------------------------------------------------------
+
+    # A write is one script call. redis-py may resend a command whose reply was lost to a dropped
+    # connection (its retry policy is the client owner's): a resent set() commits twice, harmlessly;
+    # a resent pop() finds the key gone and reports it absent.
 
     async def set(self, key: str, value: bytes) -> Delta:
         version = int(await self._run("set", _raw(key), value))
