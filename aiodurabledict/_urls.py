@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ._codecs import JSONCodec, RawCodec
 
@@ -88,12 +88,15 @@ _REDIS_PASSTHROUGH = frozenset(
         "health_check_interval",
         "client_name",
         "protocol",
+        "username",
+        "password",
     }
 )
-_ZOOKEEPER_OPTIONS: Mapping[str, Callable[[str], Any]] = {
+_ZOOKEEPER_CLIENT_OPTIONS: Mapping[str, Callable[[str], Any]] = {
     "session_timeout": _seconds,
     "read_timeout": _seconds,
 }
+_ZOOKEEPER_DICT_OPTIONS: Mapping[str, Callable[[str], Any]] = {"request_timeout": _seconds}
 
 _EXTRAS = {
     "redis": "redis",
@@ -104,16 +107,23 @@ _EXTRAS = {
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for logs and error messages."""
+    """``url`` with its password (in the authority or a ``password=`` option) replaced by ``***``."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    if "password=" in query:
+        query = "&".join(
+            f"{name}=***" if name == "password" else item
+            for item in query.split("&")
+            for name in [item.partition("=")[0]]
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return _join(parts.scheme, netloc, parts.path, query) + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def open_dict(url: str, **opts: Any) -> AsyncDurableDict[Any]:
@@ -250,8 +260,9 @@ def _redis(parts: Any, query: dict[str, str], keyspace: str | None, url: str) ->
 
 
 def _zookeeper(parts: Any, query: dict[str, str], keyspace: str | None, url: str) -> Factory:
-    zk_opts = _take(query, _ZOOKEEPER_OPTIONS, url)
-    _refuse_unknown(query, url)
+    zk_opts = _take(query, _ZOOKEEPER_CLIENT_OPTIONS, url)
+    backend_opts = _take(query, _ZOOKEEPER_DICT_OPTIONS, url)
+    _refuse_unknown(query, url, frozenset({*_ZOOKEEPER_CLIENT_OPTIONS, *_ZOOKEEPER_DICT_OPTIONS}))
     hosts = parts.netloc.rpartition("@")[2]
     if parts.username or parts.password:
         raise ValueError(f"zookeeper:// URLs take no user or password: {redact(url)!r}")
@@ -275,7 +286,7 @@ def _zookeeper(parts: Any, query: dict[str, str], keyspace: str | None, url: str
 
     def make(opts: dict[str, Any]) -> AsyncDurableDict[Any]:
         client = aiozk.ZKClient(",".join(servers), **zk_opts)
-        return ZookeeperDict(znode, client, owns_client=True, **opts)
+        return ZookeeperDict(znode, client, owns_client=True, **backend_opts, **opts)
 
     return make
 

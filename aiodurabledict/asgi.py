@@ -55,7 +55,10 @@ _STALE_BODY = json.dumps(
 class SyncMiddleware:
     """Sync ``dicts`` at the start of every HTTP and WebSocket request; open and close them with the app.
 
-    - Store reachable: the request sees every change committed before it started.
+    - Store reachable, no watcher (``watch=False``): the request sees every change committed before
+      it began, for one round trip shared by all the requests waiting on it.
+    - Store reachable, watcher live: the sync is free; the cache trails the store by the watcher's
+      delay (a push notice, or one ``poll_interval`` for stores that cannot push).
     - Store unreachable: the request runs on the last known values (logged at debug level).
     - A dict's ``max_staleness`` passed: HTTP answers 503 with a JSON body; a WebSocket is refused
       with a 503 where the server supports ASGI's ``websocket.http.response``, else accepted and
@@ -78,6 +81,7 @@ class SyncMiddleware:
         if not self.dicts:
             raise ValueError("SyncMiddleware needs at least one dict")
         self.lifespan = lifespan
+        self._ids = frozenset(map(id, self.dicts))
         self._stale_reported = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,7 +89,8 @@ class SyncMiddleware:
         if kind == "http" or kind == "websocket":
             stale = await self._sync()
             if stale is None:
-                scope[SYNCED_SCOPE_KEY] = frozenset(map(id, self.dicts))
+                # Stacked middlewares add up: a dependency further in skips every dict synced here.
+                scope[SYNCED_SCOPE_KEY] = scope.get(SYNCED_SCOPE_KEY, frozenset()) | self._ids
                 await self.app(scope, receive, send)
             elif kind == "http":
                 await _refuse_http(send)
@@ -97,19 +102,18 @@ class SyncMiddleware:
             await self.app(scope, receive, send)
 
     async def _sync(self) -> StaleError | None:
-        """Sync every dict; the first ``StaleError``, or ``None`` when the request may run."""
-        for d in self.dicts:
-            try:
-                await d.sync()
-            except StaleError as exc:
-                if not self._stale_reported:
-                    self._stale_reported = True
-                    log.warning("answering 503 until the store is back: %s", exc)
-                return exc
-            except BackendError as exc:
-                log.debug("request runs on cached values: %s", exc)
-        self._stale_reported = False
-        return None
+        """Sync every dict (at once when there are several); a ``StaleError``, or ``None`` to go on."""
+        if len(self.dicts) == 1:
+            stale = await _sync_one(self.dicts[0])
+        else:
+            outcomes = await asyncio.gather(*map(_sync_one, self.dicts))
+            stale = next((s for s in outcomes if s is not None), None)
+        if stale is None:
+            self._stale_reported = False
+        elif not self._stale_reported:
+            self._stale_reported = True
+            log.warning("answering 503 until the store is back: %s", stale)
+        return stale
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup = await receive()
@@ -164,6 +168,16 @@ class SyncMiddleware:
                 await close()
                 await send({"type": "lifespan.shutdown.complete"})
         await close()
+
+
+async def _sync_one(d: AsyncDurableDict[Any]) -> StaleError | None:
+    try:
+        await d.sync()
+    except StaleError as exc:
+        return exc
+    except BackendError as exc:
+        log.debug("request runs on cached values: %s", exc)
+    return None
 
 
 async def _refuse_http(send: Send) -> None:

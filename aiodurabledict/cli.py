@@ -14,16 +14,25 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, TextIO
 
 from . import _urls
 from ._codecs import RawCodec
+from ._dict import AsyncDurableDict
 from ._types import MISSING, Change
 from .errors import BackendError, DurableDictError, EncodeError, InvalidKeyError
 
-__all__ = ["EXIT_ERROR", "EXIT_MISSING_KEY", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_MISSING_KEY",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "main",
+]
 
 DEFAULT_URL = "sqlite:///aiodurabledict.db"
 ENV_URL = "AIODURABLEDICT_URL"
@@ -58,10 +67,15 @@ class _MissingKeyError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script passes it to ``sys.exit``)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse has already explained
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.debug:
-        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        # Debug output from this library only: some client libraries log connection settings,
+        # credentials included, at their debug level.
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("aiodurabledict").setLevel(logging.DEBUG)
     try:
         asyncio.run(args.command(args))
     except KeyboardInterrupt:
@@ -179,7 +193,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _open(url: str, args: argparse.Namespace, **opts: Any) -> Any:
+def _open(url: str, args: argparse.Namespace, **opts: Any) -> AsyncDurableDict[Any]:
     """An unopened dict on ``url``; the CLI's short-lived commands need no watcher."""
     opts.setdefault("watch", False)
     try:
@@ -192,8 +206,8 @@ def _dumps(value: Any, **kw: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, **kw)
 
 
-def _warn_undecodable(d: Any) -> None:
-    bad = sorted(getattr(d, "undecodable", ()))
+def _warn_undecodable(d: AsyncDurableDict[Any]) -> None:
+    bad = sorted(d.undecodable)
     if bad:
         shown = ", ".join(map(repr, bad[:5])) + (", …" if len(bad) > 5 else "")
         _print(
@@ -273,7 +287,9 @@ async def _copy(args: argparse.Namespace) -> None:
         await _write_all(dst, dict(src.view), args.replace, "SRC_URL")
 
 
-async def _write_all(d: Any, entries: Mapping[str, Any], replace: bool, source: str) -> None:
+async def _write_all(
+    d: AsyncDurableDict[Any], entries: Mapping[str, Any], replace: bool, source: str
+) -> None:
     """Write ``entries`` in one atomic batch; with ``replace``, then remove the keys they lack.
 
     No store offers an atomic "replace everything" through the dict, so the removal comes after the
@@ -282,7 +298,7 @@ async def _write_all(d: Any, entries: Mapping[str, Any], replace: bool, source: 
     await d.update(entries)
     removed = 0
     if replace:
-        for key in [k for k in d.view if k not in entries] + sorted(getattr(d, "undecodable", ())):
+        for key in [k for k in d.view if k not in entries] + sorted(d.undecodable):
             if key not in entries and await d.pop(key, MISSING) is not MISSING:
                 removed += 1
     message = f"wrote {len(entries)} key(s) in one batch"
@@ -316,19 +332,19 @@ async def _watch(args: argparse.Namespace) -> None:
             )
             pump = asyncio.create_task(_print_changes(stream, sys.stdout))
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (pump, stopped):
-                task.cancel()
-            await asyncio.gather(pump, stopped, return_exceptions=True)
-            if pump.done() and not pump.cancelled() and pump.exception() is not None:
-                raise pump.exception()  # type: ignore[misc]
+            done, _ = await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if pump in done:
+                pump.result()  # the stream ended; raises what stopped the printing, if anything
+            else:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
 
 
-async def _print_changes(stream: Any, out: TextIO) -> None:
-    change: Change[Any]
+async def _print_changes(stream: AsyncIterator[Change[Any]], out: TextIO) -> None:
     async for change in stream:
         line: dict[str, Any] = {"key": change.key, "version": change.version}
         if change.new is MISSING:

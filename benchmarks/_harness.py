@@ -178,6 +178,9 @@ class Row:
     baseline: str | None = None
     baseline_median_ns: float | None = None
     note: str = ""
+    # Kept only where a distribution is worth plotting (propagation delays).
+    samples_ns: tuple[float, ...] | None = None
+    baseline_samples_ns: tuple[float, ...] | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -206,8 +209,12 @@ class Report:
         baseline_timing: Timing | float | None = None,
         p99: bool = True,
         note: str = "",
+        keep_samples: bool = False,
     ) -> Row:
-        """Record one measurement; a bare float is a median without a distribution (a count, say)."""
+        """Record one measurement; a bare float is a median without a distribution (a count, say).
+
+        ``keep_samples`` stores every sample (and the baseline's) in the JSON, for the plots.
+        """
         median, tail = _split(timing)
         base_median, _ = _split(baseline_timing) if baseline_timing is not None else (None, None)
         row = Row(
@@ -219,6 +226,10 @@ class Report:
             baseline=baseline,
             baseline_median_ns=base_median,
             note=note,
+            samples_ns=timing.samples if keep_samples and isinstance(timing, Timing) else None,
+            baseline_samples_ns=(
+                baseline_timing.samples if keep_samples and isinstance(baseline_timing, Timing) else None
+            ),
         )
         self.rows.append(row)
         if self.echo:

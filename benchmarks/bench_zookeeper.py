@@ -237,6 +237,7 @@ async def _bench_propagation(report: Report, client: Any, path: str, n: int, cou
         n=n,
         baseline="raw data watch",
         baseline_timing=raw,
+        keep_samples=True,
     )
     report.add(
         GROUP,

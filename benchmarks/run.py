@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
+from benchmarks import plot
 from benchmarks._harness import Report
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +65,12 @@ async def main(argv: list[str] | None = None) -> int:
     md, js = report.write(args.out)
     print(report.markdown())
     print(f"written: {md} {js}", file=sys.stderr)
+    try:
+        charts = plot.charts(report.as_json(), args.out)
+    except ImportError as exc:
+        print(f"no charts: {exc} (pip install matplotlib)", file=sys.stderr)
+    else:
+        print(f"charts: {' '.join(str(c) for c in charts)}", file=sys.stderr)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
