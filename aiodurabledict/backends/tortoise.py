@@ -13,8 +13,19 @@ Choices worth knowing:
   driver (aiosqlite, asyncpg), so the watcher works from any task and never joins, nor waits for,
   an application transaction on PostgreSQL. On SQLite it shares the application's one connection
   (and its lock): do not write through a dict inside an open transaction of your own.
-- Writes lock the version row first (``BEGIN IMMEDIATE`` on SQLite, the row lock of its ``UPDATE``
-  on PostgreSQL), so writers from any number of processes serialise and ``setdefault`` has one winner.
+- Writes lock the version row first (``BEGIN IMMEDIATE`` on SQLite, waiting up to the connection's
+  busy timeout, 5 s by default; the row lock of its ``UPDATE`` on PostgreSQL), so writers from any
+  number of processes serialise and ``setdefault`` has one winner.
+- The memcached marker only moves up (compare-and-swap after each commit). A poll skips the database
+  only when the marker equals the cache's version; missing, behind, ahead or unreachable, the
+  database answers and the marker is set to the database's version, never a guess. Every
+  ``confirm_interval`` a poll asks the database anyway (a writer may die between commit and marker).
+  Each call is bounded by ``cache_timeout``; after a failure the client's idle connections are closed
+  (aiomcache leaves a cut-short call's reply on a pooled connection) and memcached rests a second.
+- On PostgreSQL the dict LISTENs on a connection of its own, opened with the application client's
+  settings, rather than one held out of the application's pool: the pool keeps its size for queries,
+  and a listening connection is never reset nor handed to another task. Each commit's NOTIFY carries
+  the version and the values when they fit (about 7 KB), otherwise the version alone.
 - A text value column stores the value's UTF-8 text; bytes that are not UTF-8 raise ``EncodeError``
   (use a ``BinaryField``, or ``RawCodec`` with a binary column). PostgreSQL text cannot hold NUL:
   such a key raises ``InvalidKeyError`` and such a text value ``EncodeError``; nothing is escaped,
@@ -150,10 +161,12 @@ class _Statements:
             f'SELECT v."version", t.{k}, t.{v} FROM "{ver}" v '
             f'LEFT JOIN {t} t ON {scoped(2, "") or "TRUE"} WHERE v."name" = $1'
         )
+        # The value comes from a correlated subquery: one index lookup per changed key, whatever the
+        # planner believes about the table's size (a join may be planned as a scan of the whole dict).
         self.since = (
-            f'SELECT v."version", v."horizon", c."key", t.{v} FROM "{ver}" v '
-            f'LEFT JOIN (SELECT DISTINCT "key" FROM "{chg}" WHERE "name" = $1 AND "version" > $2) c ON TRUE '
-            f'LEFT JOIN {t} t ON t.{k} = c."key"{scoped(3)} WHERE v."name" = $1'
+            f'SELECT v."version", v."horizon", c."key", (SELECT t.{v} FROM {t} t WHERE t.{k} = c."key"{scoped(3)}) '
+            f'FROM "{ver}" v LEFT JOIN (SELECT DISTINCT "key" FROM "{chg}" WHERE "name" = $1 AND "version" > $2) c '
+            'ON TRUE WHERE v."name" = $1'
         )
         self.bump = f'UPDATE "{ver}" SET "version" = "version" + 1 WHERE "name" = $1 RETURNING "version"'
         self.upsert = (
@@ -163,15 +176,27 @@ class _Statements:
         # A row whose value is NULL counts as absent everywhere, so setdefault may fill it.
         self.insert_new = (
             f"INSERT INTO {t} AS t ({cols_in}) VALUES ({vals_in}) "
-            f"ON CONFLICT ({cols.conflict}) DO UPDATE SET {v} = excluded.{v} WHERE t.{v} IS NULL RETURNING t.{k}"
+            f"ON CONFLICT ({cols.conflict}) DO UPDATE SET {v} = excluded.{v} WHERE t.{v} IS NULL RETURNING {k}"
         )
         self.get = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
-        self.delete = f"DELETE FROM {t} AS t WHERE t.{k} = $1{scoped(2)} RETURNING t.{v}"
-        self.clear = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')} RETURNING t.{k}, t.{v}"
+        self.delete = f"DELETE FROM {t} AS t WHERE t.{k} = $1{scoped(2)} RETURNING {v}"
+        self.clear = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')} RETURNING {k}, {v}"
         self.log = f'INSERT INTO "{chg}" ("name", "version", "key") VALUES ($1, $2, $3)'
         self.trim = f'DELETE FROM "{chg}" WHERE "name" = $1 AND "version" <= $2'
         self.horizon = f'UPDATE "{ver}" SET "horizon" = $2 WHERE "name" = $1 AND "horizon" < $2'
         self.notify = "SELECT pg_notify($1, $2)"
+        if dialect == "postgres":
+            # set() in one statement: the version row is locked first (the other parts read its new
+            # version), the row and the log follow, and NOTIFY goes out at commit.
+            n = 6 if ks else 4
+            set_cte = (
+                f'WITH v AS (UPDATE "{ver}" SET "version" = "version" + 1 WHERE "name" = $1 RETURNING "version"), '
+                f"w AS (INSERT INTO {t} ({cols_in}) SELECT $2, $3{', $' + str(n) if ks else ''} FROM v "
+                f"ON CONFLICT ({cols.conflict}) DO UPDATE SET {v} = excluded.{v}), "
+                f'l AS (INSERT INTO "{chg}" ("name", "version", "key") SELECT $1, "version", $2 FROM v) '
+            )
+            self.set_notify = set_cte + 'SELECT "version", pg_notify($4, \'{"v":\' || "version" || $5) FROM v'
+            self.set_quiet = set_cte.replace(f"${n}", "$4") + 'SELECT "version" FROM v'
         if dialect == "sqlite":
             for name, sql in vars(self).items():
                 setattr(self, name, re.sub(r"\$(\d+)", r"?\1", sql))
@@ -383,19 +408,30 @@ class TortoiseBackend:
         self._alias = connection
         self._owned_url = _owned_url
         self._owned: BaseDBAsyncClient | None = None
-        # Captured now, while the application's context is current; open() may run in another task.
+        # Captured now, while the application's context is current: open() may run in another task.
         self._context = context if context is not None else (None if _owned_url else get_current_context())
+        if self._context is not None and self._alias is None:
+            self._alias = _alias_of(model, self._context)
         self._dialect = ""
         self._sql: _Statements | None = None
         self._marker: _Marker | None = None
         self._owed = 0
         self._confirm_due = 0.0
         self._channel = ""
+        # Off only in tests, to lose every NOTIFY.
+        self._publish = True
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Find the connection, create the library's tables if missing, and this dict's version row."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
         with map_exceptions(message="cannot prepare the database"):
             if self._owned_url is not None and self._owned is None:
                 self._owned = _client_for_url(self._owned_url)
@@ -435,14 +471,21 @@ class TortoiseBackend:
                 "no Tortoise context is active: initialise Tortoise before building or opening the dict"
             )
         self._context = context
-        alias = self._alias or self._model._meta.default_connection or context.default_connection
+        alias = self._alias or _alias_of(self._model, context)
         if alias is None:
             raise BackendError(
                 f"{self._model.__name__} is bound to no Tortoise connection; is it registered?"
             )
+        self._alias = alias
         client = context.connections.get(alias)
         # Inside an application transaction the context hands out its wrapper; use the connection itself.
         while getattr(client, "_parent", None) is not None and client._parent is not client:
+            if client.capabilities.dialect == "sqlite" and not getattr(client, "_finalized", True):
+                # One connection, locked by that transaction until it ends: waiting would never end.
+                raise BackendError(
+                    "on SQLite a dict cannot be used inside an open Tortoise transaction of the same task "
+                    "(they share one connection); use it before or after the transaction"
+                )
             client = client._parent
         return client
 
@@ -458,12 +501,28 @@ class TortoiseBackend:
     async def _prepare(self, client: BaseDBAsyncClient) -> None:
         assert self._sql is not None
         with_entry = self._cols.table == _ENTRY_TABLE
-        async with self._session(client, write=True) as s:
-            if self._dialect == "postgres":
-                # Several processes may open their first dict at once: one creates, the others wait.
-                await s.execute("SELECT pg_advisory_xact_lock(hashtext('aiodurabledict ddl'))", ())
-            for statement in _ddl(self._dialect, with_entry):
-                await s.execute(statement, ())
+        tables = [_VERSION_TABLE, _CHANGE_TABLE, *([_ENTRY_TABLE] if with_entry else [])]
+        async with self._session(client) as s:
+            if self._dialect == "sqlite":
+                marks = ", ".join("?" for _ in tables)
+                found = await s.fetch(
+                    f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})", tables
+                )
+                missing = int(found[0][0]) < len(tables)
+            else:
+                found = await s.fetch(
+                    "SELECT COUNT(to_regclass(t)) FROM unnest($1::text[]) AS t", [[_quote(t) for t in tables]]
+                )
+                missing = int(found[0][0]) < len(tables)
+        if missing:
+            # Only when a table is missing: DDL takes table locks that would queue behind writers.
+            async with self._session(client, write=True) as s:
+                if self._dialect == "postgres":
+                    # Several processes may open their first dict at once: one creates, others wait.
+                    await s.execute("SELECT pg_advisory_xact_lock(hashtext('aiodurabledict ddl'))", ())
+                for statement in _ddl(self._dialect, with_entry):
+                    await s.execute(statement, ())
+        async with self._session(client) as s:
             await s.execute(self._sql.ensure_version, [self._name])
 
     # -- sessions --------------------------------------------------------------------------------
@@ -479,14 +538,13 @@ class TortoiseBackend:
                     yield session
                     return
                 # IMMEDIATE takes the write lock now (waiting up to the busy timeout), never halfway.
-                await session.execute("BEGIN IMMEDIATE", ())
                 try:
+                    await session.execute("BEGIN IMMEDIATE", ())
                     yield session
+                    await session.execute("COMMIT", ())
                 except BaseException:
-                    if conn.in_transaction:
-                        await asyncio.shield(session.execute("ROLLBACK", ()))
+                    await _queue_rollback(session)
                     raise
-                await session.execute("COMMIT", ())
             elif write:
                 async with conn.transaction():
                     yield _PostgresSession(conn)
@@ -583,16 +641,25 @@ class TortoiseBackend:
         if not rows:
             raise BackendError(f"the version row of dict {self._name!r} is missing")
         version = int(rows[0][0])
-        if version % self._trim_every == 0 and version > self._log_keep:
-            horizon = version - self._log_keep
-            await s.execute(self._sql.trim, [self._name, horizon])
-            await s.execute(self._sql.horizon, [self._name, horizon])
+        if self._trim_due(version):
+            await self._trim(s, version)
         return version
+
+    def _trim_due(self, version: int) -> bool:
+        return version % self._trim_every == 0 and version > self._log_keep
+
+    async def _trim(self, s: _Session, version: int) -> None:
+        """Forget the log up to ``version - log_keep``; the horizon moves first, so that a reader
+        never takes a log with holes for a whole one."""
+        assert self._sql is not None
+        horizon = version - self._log_keep
+        await s.execute(self._sql.horizon, [self._name, horizon])
+        await s.execute(self._sql.trim, [self._name, horizon])
 
     async def _log(self, s: _Session, version: int, changes: Mapping[str, bytes | None]) -> None:
         assert self._sql is not None
         await s.executemany(self._sql.log, [[self._name, version, key] for key in changes])
-        if self._dialect == "postgres":
+        if self._dialect == "postgres" and self._publish:
             await s.execute(self._sql.notify, [self._channel, _payload(version, changes)])
 
     async def _after(self, delta: Delta) -> Delta:
@@ -600,15 +667,38 @@ class TortoiseBackend:
         return delta
 
     async def set(self, key: str, value: bytes) -> Delta:
-        """Upsert one row."""
+        """Upsert one row (on PostgreSQL in one statement: one round trip)."""
         assert self._sql is not None
         stored = self._in(key, value)
         with map_exceptions():
-            async with self._session(write=True) as s:
-                version = await self._begin(s)
-                await s.execute(self._sql.upsert, self._scope(key, stored))
-                await self._log(s, version, {key: value})
+            if self._dialect == "postgres":
+                version = await self._set_in_one_statement(key, value, stored)
+            else:
+                async with self._session(write=True) as s:
+                    version = await self._begin(s)
+                    await s.execute(self._sql.upsert, self._scope(key, stored))
+                    await self._log(s, version, {key: value})
         return await self._after(Delta(version=version, changes={key: value}, prev=version - 1))
+
+    async def _set_in_one_statement(self, key: str, value: bytes, stored: Any) -> int:
+        assert self._sql is not None
+        if self._publish:
+            sql, args = (
+                self._sql.set_notify,
+                [self._name, key, stored, self._channel, _payload_tail({key: value})],
+            )
+        else:
+            sql, args = self._sql.set_quiet, [self._name, key, stored]
+        async with self._session() as s:
+            rows = await s.fetch(sql, self._scope(*args))
+            if not rows:
+                raise BackendError(f"the version row of dict {self._name!r} is missing")
+            version = int(rows[0][0])
+            if self._trim_due(version):
+                # Its own transaction, after the write: trimming late is harmless.
+                async with s.conn.transaction():  # type: ignore[attr-defined]
+                    await self._trim(s, version)
+        return version
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
         """Upsert every row in one transaction."""
@@ -626,15 +716,17 @@ class TortoiseBackend:
         assert self._sql is not None
         self._in(key)
         with map_exceptions():
-            async with self._session(write=True) as s:
-                version = await self._begin(s)
-                rows = await s.fetch(self._sql.delete, self._scope(key))
-                if not rows or rows[0][0] is None:
-                    raise _NothingWritten
-                await self._log(s, version, {key: None})
-        return await self._after(Delta(version=version, changes={key: None}, prev=version - 1)), self._out(
-            rows[0][0]
-        )
+            try:
+                async with self._session(write=True) as s:
+                    version = await self._begin(s)
+                    rows = await s.fetch(self._sql.delete, self._scope(key))
+                    if not rows or rows[0][0] is None:
+                        raise _NothingWritten
+                    await self._log(s, version, {key: None})
+            except _NothingWritten:
+                return None
+        delta = await self._after(Delta(version=version, changes={key: None}, prev=version - 1))
+        return delta, self._out(rows[0][0])
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
         """Insert the row unless the key is present; exactly one of concurrent callers writes."""
@@ -748,20 +840,46 @@ class TortoiseBackend:
             yield _notice(payload)
 
 
+def _alias_of(model: type[Model], context: TortoiseContext) -> str | None:
+    """The connection ``model`` uses in ``context``.
+
+    Model metadata is shared by every context of the process, so it is trusted only when this
+    context registered the model; an unregistered model (the ready table) uses the default connection.
+    """
+    apps = context.apps
+    if apps is not None and any(m is model for m in apps.get_models_iterable()):
+        return model._meta.default_connection
+    return context.default_connection
+
+
+async def _queue_rollback(session: _SqliteSession) -> None:
+    """Never leave the application's connection inside our transaction, and never wait for it.
+
+    aiosqlite runs statements in order in its thread. Cancelled while ``BEGIN IMMEDIATE`` still waits
+    there for another process's lock, the BEGIN completes later; a ROLLBACK queued behind it undoes
+    it then, before any statement queued after (the application's own included).
+    """
+    task = asyncio.ensure_future(session.execute("ROLLBACK", ()))
+    # "No transaction is active" (the BEGIN failed) is the expected answer, not an error.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    # One turn of the loop: the task queues its ROLLBACK before anyone can take the connection.
+    await asyncio.sleep(0)
+
+
 class _NothingWritten(Exception):
     """Raised inside a write transaction to roll it back: the write turned out to change nothing."""
 
 
+def _payload_tail(changes: Mapping[str, bytes | None]) -> str:
+    """The NOTIFY payload after its version: the values (base64) when they fit, else nothing."""
+    body = {k: (None if v is None else base64.b64encode(v).decode("ascii")) for k, v in changes.items()}
+    tail = ',"c":' + json.dumps(body, separators=(",", ":")) + "}"
+    return tail if len(tail.encode("utf-8")) < NOTIFY_PAYLOAD_BYTES else "}"
+
+
 def _payload(version: int, changes: Mapping[str, bytes | None]) -> str:
-    """The NOTIFY payload: the version and, when they fit, the values (base64)."""
-    body = {
-        "v": version,
-        "c": {k: (None if v is None else base64.b64encode(v).decode("ascii")) for k, v in changes.items()},
-    }
-    text = json.dumps(body, separators=(",", ":"))
-    if len(text.encode("utf-8")) > NOTIFY_PAYLOAD_BYTES:
-        text = json.dumps({"v": version})
-    return text
+    """The NOTIFY payload: ``{"v": version, "c": {key: base64 or null}}``, or the version alone."""
+    return '{"v":' + str(version) + _payload_tail(changes)
 
 
 def _notice(payload: str) -> Delta:
@@ -802,8 +920,9 @@ class ModelDict(AsyncDurableDict[Any]):
     ``key_col`` names a unique string field, ``value_col`` a text or binary field. A model with a
     ``keyspace`` column (like the ready ``DurableEntry``) holds many dicts, one per ``keyspace=``;
     any other model holds one. ``cache`` is an ``aiomcache.Client`` that polls read instead of the
-    database. Tortoise must be initialised by the application (the dict never initialises it); build
-    the dict where the application's Tortoise context is current. Backend options (see
+    database; give it to every dict that writes, or polls see their writes only at the next
+    ``confirm_interval``. Tortoise must be initialised by the application (the dict never does it):
+    build the dict where the application's Tortoise context is current. Backend options (see
     ``TortoiseBackend``) and the dict's own options are keyword arguments.
 
     Usage::
