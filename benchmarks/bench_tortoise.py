@@ -256,6 +256,7 @@ async def _notify_propagation(report: Report, url: str, count: int) -> None:
         baseline="raw NOTIFY -> LISTEN",
         baseline_timing=raw_timing,
         note=f"p99 {dict_timing.p99 / 1e6:.2f} ms vs raw p99 {raw_timing.p99 / 1e6:.2f} ms",
+        keep_samples=True,
     )
 
 

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from .._backend import Delta
-from .._dict import AsyncDurableDict
+from .._dict import AsyncDurableDict, V
 from ..errors import BackendError, map_exceptions
 
 try:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisBackend", "RedisDict", "parse_notice"]
 
-V = TypeVar("V")
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
 
 from .._backend import Delta
-from .._dict import AsyncDurableDict
+from .._dict import AsyncDurableDict, V
 from ..errors import BackendError, ValueTooLargeError
 
 try:
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ZookeeperBackend", "ZookeeperDict", "escape_key", "unescape_key"]
 
-V = TypeVar("V")
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
