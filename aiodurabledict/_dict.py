@@ -311,7 +311,7 @@ class AsyncDurableDict(Generic[V]):
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, value)
-        self._apply(await self._call(self._backend.set(key, raw), self._timeout))
+        await self._commit(await self._call(self._backend.set(key, raw), self._timeout))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; ``KeyError`` if it is absent from the store."""
@@ -336,7 +336,7 @@ class AsyncDurableDict(Generic[V]):
                 raise KeyError(key)
             return default
         delta, old = result
-        self._apply(delta)
+        await self._commit(delta)
         return self._decode(key, old)
 
     async def setdefault(self, key: str, default: V | None = None) -> V:
@@ -348,7 +348,7 @@ class AsyncDurableDict(Generic[V]):
         self._check_key(key)
         raw = self._encode(key, default)
         delta, stored = await self._call(self._backend.setdefault(key, raw), self._timeout)
-        self._apply(delta)
+        await self._commit(delta)
         value: V = self._decode(key, stored)
         return value
 
@@ -365,12 +365,12 @@ class AsyncDurableDict(Generic[V]):
             self._check_key(key)
             items[key] = self._encode(key, value)
         if items:
-            self._apply(await self._call(self._backend.update(items), self._timeout))
+            await self._commit(await self._call(self._backend.update(items), self._timeout))
 
     async def clear(self) -> None:
         """Remove every entry."""
         self._ensure_open()
-        self._apply(await self._call(self._backend.clear(), self._timeout))
+        await self._commit(await self._call(self._backend.clear(), self._timeout))
 
     async def sync(self) -> bool:
         """Bring the cache up to the store; ``True`` when anything changed since the last ``sync()``.
@@ -521,6 +521,28 @@ class AsyncDurableDict(Generic[V]):
         if delta.prev is not None and delta.prev <= self._version:
             self._advance(version)
 
+    async def _commit(self, delta: Delta) -> None:
+        """Apply what one of our writes committed.
+
+        A commit at or below the cache's version means the store went back in time (it lost its
+        latest writes, or was restored): reload, so that this write and the store's state show.
+        """
+        if self._loaded and delta.prev is not None and delta.version <= self._version:
+            await self._refresh_once(self._timeout)
+        else:
+            self._apply(delta)
+
+    def _rewind(self, delta: Delta) -> None:
+        """Take the store's whole content at an older version: the store itself went back."""
+        log.warning(
+            "the store went back from version %d to %d (it lost writes or was restored); reloaded",
+            self._version,
+            delta.version,
+        )
+        self._kver.clear()
+        self._version = delta.version
+        self._apply_full(delta)
+
     def _apply_full(self, delta: Delta) -> None:
         version = delta.version
         kver = self._kver
@@ -610,7 +632,8 @@ class AsyncDurableDict(Generic[V]):
             self._inflight = None
 
     async def _refresh_once(self, timeout: float) -> None:
-        call = self._backend.changes_since(self._version) if self._loaded else self._backend.load()
+        asked = self._version
+        call = self._backend.changes_since(asked) if self._loaded else self._backend.load()
         try:
             delta = await self._call(call, timeout)
         except BackendError as exc:
@@ -620,7 +643,11 @@ class AsyncDurableDict(Generic[V]):
             if not self._watch:
                 self._set_live(False, exc)
             raise
-        self._apply(delta)
+        if self._loaded and delta.full and delta.version < asked:
+            # Asked for what came after `asked`, the store answered with all it has, older: it went back.
+            self._rewind(delta)
+        else:
+            self._apply(delta)
         self._confirm()
         if not self._watch:
             self._set_live(True)

@@ -113,6 +113,23 @@ async def test_a_write_ahead_of_the_cache_keeps_its_value() -> None:
         assert a == {"k": "from a", "other": 1}
 
 
+async def test_a_store_that_went_back_in_time_is_followed() -> None:
+    """A store restored to an older version (lost writes): caches reload it, and new writes show."""
+    store = MemoryStore()
+    async with MemoryDict(store, heartbeat=0.1) as reader, MemoryDict(store, watch=False) as writer:
+        await writer.update(a=1)
+        backup = (store.version, dict(store.items))
+        for i in range(5):
+            await writer.set("b", i)
+        await eventually(lambda: reader == {"a": 1, "b": 4})
+        store.rewind(*backup)
+        await writer.set("c", 3)
+        assert writer == {"a": 1, "c": 3}
+        assert writer.version == store.version
+        await eventually(lambda: reader == {"a": 1, "c": 3}, within=5)
+        assert reader.version == store.version
+
+
 async def test_trimmed_log_falls_back_to_a_full_reload() -> None:
     """A cache older than the store's change log reloads everything, deletions included."""
     store = MemoryStore(log_limit=2)

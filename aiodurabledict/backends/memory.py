@@ -81,6 +81,13 @@ class MemoryStore:
         if self._failing:
             raise MemoryStoreError("the store is failing")
 
+    def rewind(self, version: int, items: Mapping[str, bytes]) -> None:
+        """Put the store back to an older state, as a server restarting from an old backup would."""
+        self.version = version
+        self.items = dict(items)
+        self.log = {}
+        self.horizon = version
+
     def _commit(self, changes: Mapping[str, bytes | None]) -> Delta:
         self.version += 1
         for key, raw in changes.items():
@@ -123,7 +130,8 @@ class MemoryBackend:
     async def changes_since(self, version: int) -> Delta:
         store = self.store
         await store._round_trip()
-        if version < store.horizon:
+        if version < store.horizon or version > store.version:
+            # Too old for the log, or newer than the store (which lost writes): everything.
             return Delta(store.version, dict(store.items), full=True)
         changed = {k: store.items.get(k) for k, v in store.log.items() if v > version}
         return Delta(store.version, changed, prev=version)

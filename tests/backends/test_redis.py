@@ -425,3 +425,34 @@ async def test_options_are_validated() -> None:
         assert isinstance(RedisDict[Any]("x", client), AsyncDurableDict)
     finally:
         await client.aclose()
+
+
+async def test_caches_follow_a_store_restored_from_an_older_backup() -> None:
+    """A store put back to an older state (DUMP/RESTORE of its keys): caches reload it, new writes show."""
+    parts = ("data", "version", "log", "horizon")
+    async with redis_keyspace() as (keyspace, clients):
+        admin = clients[0]
+        names = [f"{{{keyspace}}}:{p}" for p in parts]
+        reader_client, writer_client = Redis.from_url(REDIS_URL), Redis.from_url(REDIS_URL)
+        clients += [reader_client, writer_client]
+        async with (
+            RedisDict[Any](keyspace, reader_client, heartbeat=0.2) as reader,
+            RedisDict[Any](keyspace, writer_client, watch=False) as writer,
+        ):
+            await writer.update(a=1, b=1)
+            backup = {name: await admin.dump(name) for name in names}
+            for i in range(5):
+                await writer.set("b", i + 2)
+            await writer.set("lost", True)
+            # A store's first commit starts from the clock: one sync puts the writer on that timeline.
+            await writer.sync()
+            await eventually(lambda: reader == {"a": 1, "b": 6, "lost": True})
+            for name, blob in backup.items():
+                if blob is None:
+                    await admin.delete(name)
+                else:
+                    await admin.restore(name, 0, blob, replace=True)
+            await writer.set("after", 1)
+            assert writer == {"a": 1, "b": 1, "after": 1}
+            await eventually(lambda: reader == {"a": 1, "b": 1, "after": 1}, within=10)
+            assert reader.version == writer.version == int(await admin.get(names[1]))
