@@ -7,6 +7,7 @@ password (see ``redact``).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ SCHEMES = (
     "sqlite",
     "postgres",
     "postgresql",
+    "mysql",
     "memory",
 )
 DEFAULT_KEYSPACE = "default"
@@ -103,6 +105,7 @@ _EXTRAS = {
     "zookeeper": "zookeeper",
     "sqlite": "tortoise",
     "postgres": "postgres",
+    "mysql": "mysql",
 }
 
 
@@ -132,7 +135,8 @@ def open_dict(url: str, **opts: Any) -> AsyncDurableDict[Any]:
     Schemes: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS),
     ``redis+unix:///path/to/socket``, ``zookeeper://host:port[,host:port…]/znode/path``,
     ``sqlite:///relative.db`` or ``sqlite:////absolute.db``, ``postgres://`` (or ``postgresql://``)
-    ``user:password@host:port/database``, ``memory://[name]`` (one store per name and process).
+    ``user:password@host:port/database``, ``mysql://user:password@host:port/database`` (MySQL or
+    MariaDB), ``memory://[name]`` (one store per name and process).
 
     Query options, on every scheme: ``keyspace`` (where the path does not name the dict; default
     ``default``), ``autosync``, ``watch`` (true/false), ``max_staleness`` (seconds or ``none``),
@@ -178,7 +182,7 @@ def open_dict(url: str, **opts: Any) -> AsyncDurableDict[Any]:
         factory = _redis(parts, query, keyspace, url)
     elif scheme == "zookeeper":
         factory = _zookeeper(parts, query, keyspace, url)
-    elif scheme in {"sqlite", "postgres", "postgresql"}:
+    elif scheme in {"sqlite", "postgres", "postgresql", "mysql"}:
         factory = _tortoise(parts, query, keyspace, url)
     else:
         factory = _memory(parts, query, keyspace, url)
@@ -307,8 +311,12 @@ def _tortoise(parts: Any, query: dict[str, str], keyspace: str | None, url: str)
     name = keyspace or DEFAULT_KEYSPACE
     try:
         from .backends.tortoise import open_url_dict
+
+        if scheme == "mysql":
+            # Tortoise's MySQL client needs asyncmy (or aiomysql); say so now, not at open().
+            importlib.import_module("tortoise.backends.mysql.client")
     except ImportError as exc:
-        raise _missing_extra("sqlite" if scheme == "sqlite" else "postgres", exc) from exc
+        raise _missing_extra(scheme if scheme in {"sqlite", "mysql"} else "postgres", exc) from exc
 
     def make(opts: dict[str, Any]) -> AsyncDurableDict[Any]:
         return open_url_dict(db_url, keyspace=name, **opts)

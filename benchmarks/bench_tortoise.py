@@ -1,11 +1,12 @@
-"""ModelDict (Tortoise ORM) on SQLite and PostgreSQL against raw queries on the same database, same run.
+"""ModelDict (Tortoise ORM) on SQLite, PostgreSQL and MySQL against raw queries on the same database, same run.
 
 Rows, per database: ``sync()`` after one remote change vs a full reload (SELECT every row of the dict +
 decode, what the original ModelDict does on every change) at several N; ``set()`` vs one raw upsert;
 an unchanged poll with and without the memcached marker (database queries counted); propagation
 from a writer in another process to the cache: PostgreSQL NOTIFY (vs a raw NOTIFY -> LISTEN) and
-memcached polling on SQLite (vs the poll interval). The dicts use the ready ``DurableEntry`` table;
-SQLite lives in a temporary folder, PostgreSQL in a schema of its own, dropped afterwards.
+memcached polling on SQLite and MySQL (vs the poll interval). The dicts use the ready ``DurableEntry``
+table; SQLite lives in a temporary folder, PostgreSQL in a schema of its own, MySQL in a database of
+its own, both dropped afterwards.
 
 Also the writer side of the propagation rows: ``python -m benchmarks.bench_tortoise writer ...``.
 """
@@ -31,6 +32,7 @@ from benchmarks._harness import Report, compare_async, timing_of
 
 GROUP = "tortoise"
 PG_URL = os.environ.get("AIODURABLEDICT_POSTGRES_URL") or "postgres://postgres@127.0.0.1:5432/test"
+MYSQL_URL = os.environ.get("AIODURABLEDICT_MYSQL_URL") or "mysql://root:@127.0.0.1:3306/test"
 MEMCACHED = os.environ.get("AIODURABLEDICT_MEMCACHED") or "127.0.0.1:11211"
 POLL_INTERVAL = 0.05
 # asyncpg ships no type information.
@@ -55,8 +57,50 @@ def _backend(d: ModelDict) -> TortoiseBackend:
 
 
 @asynccontextmanager
+async def _mysql_database() -> AsyncIterator[str | None]:
+    """A fresh MySQL database (binary collation), dropped afterwards; ``None`` when MySQL is absent."""
+    from urllib.parse import urlsplit
+
+    try:
+        asyncmy: Any = importlib.import_module("asyncmy")
+    except ImportError as exc:
+        print(f"MySQL skipped: {exc}", file=sys.stderr)
+        yield None
+        return
+    parts = urlsplit(MYSQL_URL)
+    database = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = await asyncmy.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=parts.username or "root",
+            password=parts.password or "",
+            connect_timeout=5,
+        )
+    except (OSError, asyncmy.errors.MySQLError) as exc:
+        print(f"MySQL skipped: {exc}", file=sys.stderr)
+        yield None
+        return
+    try:
+        async with admin.cursor() as cursor:
+            await cursor.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        yield f"mysql://{parts.netloc}/{database}"
+    finally:
+        async with admin.cursor() as cursor:
+            await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        await admin.ensure_closed()
+
+
+@asynccontextmanager
 async def _databases() -> AsyncIterator[list[tuple[str, str]]]:
-    """A SQLite file and, when the server answers, a fresh PostgreSQL schema: ``(label, url)`` pairs."""
+    """A SQLite file and, when the servers answer, a fresh PostgreSQL schema and MySQL database:
+    ``(label, url)`` pairs."""
+    async with _mysql_database() as mysql, _sqlite_and_postgres() as found:
+        yield found + ([("mysql", mysql)] if mysql else [])
+
+
+@asynccontextmanager
+async def _sqlite_and_postgres() -> AsyncIterator[list[tuple[str, str]]]:
     with tempfile.TemporaryDirectory(prefix="aiodurabledict-bench-") as folder:
         found = [("sqlite", f"sqlite:///{Path(folder) / 'bench.db'}")]
         schema = f"bench_{uuid.uuid4().hex[:12]}"
@@ -86,7 +130,7 @@ async def run(report: Report, quick: bool) -> None:
             if label == "postgres":
                 await _notify_propagation(report, url, 50 if quick else 400)
             else:
-                await _poll_propagation(report, url, 30 if quick else 200)
+                await _poll_propagation(report, label, url, 30 if quick else 200)
 
 
 async def _fill(url: str, keyspace: str, n: int) -> None:
@@ -107,12 +151,17 @@ async def _at_size(report: Report, label: str, url: str, n: int, repeats: int) -
         # The raw queries go through a connection of their own, as the original's reload would: a
         # reload of every row on the reader's connection would slow the next statement there.
         client: Any = _backend(raw)._client()
-        p = "?" if label == "sqlite" else "$1"
-        select_all = f'SELECT "key", "value" FROM "aiodurabledict_entry" WHERE "keyspace" = {p}'
+        p = {"sqlite": "?", "mysql": "%s"}.get(label, "$1")
+        q = "`" if label == "mysql" else '"'
+        select_all = (
+            f"SELECT {q}key{q}, {q}value{q} FROM {q}aiodurabledict_entry{q} WHERE {q}keyspace{q} = {p}"
+        )
 
         async def full_reload() -> dict[str, Any]:
             _, rows = await client.execute_query(select_all, [keyspace])
-            return {row[0]: _decode(bytes(row[1])) for row in rows}
+            # MySQL's client answers dicts, the others sequences.
+            pairs = (tuple(row.values()) if isinstance(row, dict) else row for row in rows)
+            return {key: _decode(bytes(value)) for key, value in pairs}
 
         counter = iter(range(10**9))
 
@@ -131,7 +180,7 @@ async def _at_size(report: Report, label: str, url: str, n: int, repeats: int) -
         assert reader[f"key{n // 2}"] == writer[f"key{n // 2}"]
         # Alternating with a full reload leaves garbage and cold caches behind; against one small
         # query instead, the figure shows what a sync costs by itself.
-        select_one = f'SELECT "value" FROM "aiodurabledict_entry" WHERE "keyspace" = {p} AND "key" = \'key1\''
+        select_one = f"SELECT {q}value{q} FROM {q}aiodurabledict_entry{q} WHERE {q}keyspace{q} = {p} AND {q}key{q} = 'key1'"
         timing, base = await compare_async(
             reader.sync,
             lambda: client.execute_query(select_one, [keyspace]),
@@ -147,11 +196,17 @@ async def _at_size(report: Report, label: str, url: str, n: int, repeats: int) -
             baseline_timing=base,
         )
 
-        p2 = "?1, ?2, ?3" if label == "sqlite" else "$1, $2, $3"
-        upsert = (
-            f'INSERT INTO "aiodurabledict_entry" ("key", "value", "keyspace") VALUES ({p2}) '
-            'ON CONFLICT ("keyspace", "key") DO UPDATE SET "value" = excluded."value"'
-        )
+        if label == "mysql":
+            upsert = (
+                "INSERT INTO `aiodurabledict_entry` (`key`, `value`, `keyspace`) VALUES (%s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE `value` = VALUES(`value`)"
+            )
+        else:
+            p2 = "?1, ?2, ?3" if label == "sqlite" else "$1, $2, $3"
+            upsert = (
+                f'INSERT INTO "aiodurabledict_entry" ("key", "value", "keyspace") VALUES ({p2}) '
+                'ON CONFLICT ("keyspace", "key") DO UPDATE SET "value" = excluded."value"'
+            )
         timing, base = await compare_async(
             lambda: writer.set(f"key{next(counter) % n}", _value(0)),
             lambda: client.execute_query(upsert, ["raw", b"{}", keyspace]),
@@ -260,7 +315,7 @@ async def _notify_propagation(report: Report, url: str, count: int) -> None:
     )
 
 
-async def _poll_propagation(report: Report, url: str, count: int) -> None:
+async def _poll_propagation(report: Report, label: str, url: str, count: int) -> None:
     """A writer process writes now and then; the reader polls the memcached marker every POLL_INTERVAL."""
     gc.collect()
     keyspace = f"poll-{uuid.uuid4().hex[:6]}"
@@ -284,7 +339,7 @@ async def _poll_propagation(report: Report, url: str, count: int) -> None:
     timing = timing_of(cached[count // 10 :])
     report.add(
         GROUP,
-        "sqlite: propagation p50 (writer process -> cache, memcached poll)",
+        f"{label}: propagation p50 (writer process -> cache, memcached poll)",
         timing,
         baseline="poll_interval",
         baseline_timing=POLL_INTERVAL * 1e9,

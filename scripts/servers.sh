@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Make sure the servers the tests need answer on loopback:
 #   Redis 127.0.0.1:6379, PostgreSQL 127.0.0.1:5432 (user postgres, trust, db "test"),
-#   ZooKeeper 127.0.0.1:2181, memcached 127.0.0.1:11211.
+#   ZooKeeper 127.0.0.1:2181, memcached 127.0.0.1:11211, MariaDB 127.0.0.1:3306 (root, no password,
+#   db "test").
 # The ports (and the database name) follow AIODURABLEDICT_REDIS_URL, AIODURABLEDICT_POSTGRES_URL,
-# AIODURABLEDICT_ZOOKEEPER and AIODURABLEDICT_MEMCACHED when they are set.
+# AIODURABLEDICT_ZOOKEEPER, AIODURABLEDICT_MEMCACHED and AIODURABLEDICT_MYSQL_URL when they are set.
 #
 # Usage: scripts/servers.sh start|stop|status|env|install
 #   start   for each server: if something already answers on its port, leave it alone; otherwise
@@ -40,7 +41,8 @@ REDIS_ADDR="$(hostport "${AIODURABLEDICT_REDIS_URL:-}" "$HOST:6379")"
 PG_ADDR="$(hostport "${AIODURABLEDICT_POSTGRES_URL:-}" "$HOST:5432")"
 ZK_ADDR="$(hostport "${AIODURABLEDICT_ZOOKEEPER:-}" "$HOST:2181")"
 MC_ADDR="$(hostport "${AIODURABLEDICT_MEMCACHED:-}" "$HOST:11211")"
-for addr in "$REDIS_ADDR" "$PG_ADDR" "$ZK_ADDR" "$MC_ADDR"; do
+MY_ADDR="$(hostport "${AIODURABLEDICT_MYSQL_URL:-}" "$HOST:3306")"
+for addr in "$REDIS_ADDR" "$PG_ADDR" "$ZK_ADDR" "$MC_ADDR" "$MY_ADDR"; do
     case "${addr%:*}" in
         127.0.0.1 | localhost) ;;
         *)
@@ -55,6 +57,7 @@ REDIS_PORT="${REDIS_ADDR##*:}"
 PG_PORT="${PG_ADDR##*:}"
 ZK_PORT="${ZK_ADDR##*:}"
 MC_PORT="${MC_ADDR##*:}"
+MY_PORT="${MY_ADDR##*:}"
 PG_DB="${AIODURABLEDICT_POSTGRES_URL:-postgres://postgres@$HOST:5432/test}"
 PG_DB="${PG_DB#*://}"
 PG_DB="${PG_DB#*/}"
@@ -89,6 +92,13 @@ memcached_ready() { ask "$MC_PORT" 'version\r\n' 'VERSION'; }
 # words must be allowed, as ours are; a server we did not start may not allow them, so "the port is
 # open" is what decides whether to leave a server alone.
 zookeeper_ready() { ask "$ZK_PORT" 'srvr' 'Zookeeper version'; }
+mariadb_ready() {
+    if command -v mariadb >/dev/null; then
+        mariadb --protocol=tcp -h "$HOST" -P "$MY_PORT" -u root --connect-timeout=2 -e 'select 1' >/dev/null 2>&1
+    else
+        port_open "$MY_PORT"
+    fi
+}
 postgres_ready() {
     if command -v pg_isready >/dev/null; then
         pg_isready -q -h "$HOST" -p "$PG_PORT" -t 2
@@ -191,6 +201,37 @@ start_redis() {
         --save '' --appendonly no --dir "$STATE/redis" --daemonize no
     wait_ready redis redis_ready "$STATE/redis.log"
     log "redis: started (pid $(cat "$STATE/redis.pid"))"
+}
+
+# --- MariaDB (for ModelDict on MySQL) ----------------------------------------------------------
+
+start_mariadb() {
+    if port_open "$MY_PORT"; then
+        log "mariadb: something answers on $HOST:$MY_PORT; leaving it alone"
+    else
+        command -v mariadbd >/dev/null || apt_install mariadb-server
+        # The server drops to the mysql user, which cannot reach a project folder under /root.
+        local data="/tmp/aiodurabledict-mariadb-$MY_PORT" user
+        user="$(service_user mysql)"
+        if [[ ! -d "$data/mysql" ]]; then
+            mkdir -p "$data"
+            chown "$user" "$data" 2>/dev/null || true
+            log "mariadb: initialising $data"
+            mariadb-install-db --no-defaults --user="$user" --datadir="$data" \
+                --auth-root-authentication-method=normal >"$STATE/mariadb.log" 2>&1 \
+                || die "mariadb-install-db failed (see $STATE/mariadb.log)"
+        fi
+        spawn "$STATE/mariadb.pid" "$STATE/mariadb.log" mariadbd --no-defaults --user="$user" \
+            --datadir="$data" --bind-address="$HOST" --port="$MY_PORT" --socket="$data/mariadb.sock" \
+            --pid-file="$data/mariadbd.pid" --skip-log-bin
+        log "mariadb: started (pid $(cat "$STATE/mariadb.pid"))"
+    fi
+    wait_ready mariadb mariadb_ready "$STATE/mariadb.log"
+    if command -v mariadb >/dev/null; then
+        mariadb --protocol=tcp -h "$HOST" -P "$MY_PORT" -u root \
+            -e 'CREATE DATABASE IF NOT EXISTS test CHARACTER SET utf8mb4 COLLATE utf8mb4_bin' \
+            || die "mariadb: cannot create the database test as root over TCP"
+    fi
 }
 
 # --- memcached ----------------------------------------------------------------------------------
@@ -422,6 +463,7 @@ export AIODURABLEDICT_REDIS_URL="\${AIODURABLEDICT_REDIS_URL:-redis://$HOST:$RED
 export AIODURABLEDICT_POSTGRES_URL="\${AIODURABLEDICT_POSTGRES_URL:-postgres://postgres@$HOST:$PG_PORT/$PG_DB}"
 export AIODURABLEDICT_ZOOKEEPER="\${AIODURABLEDICT_ZOOKEEPER:-$HOST:$ZK_PORT}"
 export AIODURABLEDICT_MEMCACHED="\${AIODURABLEDICT_MEMCACHED:-$HOST:$MC_PORT}"
+export AIODURABLEDICT_MYSQL_URL="\${AIODURABLEDICT_MYSQL_URL:-mysql://root:@$HOST:$MY_PORT/test}"
 EOF
 }
 
@@ -435,11 +477,12 @@ install_all() {
     zookeeper_jar >/dev/null || missing+=(zookeeper)
     command -v java >/dev/null || missing+=(default-jre-headless)
     pg_bindir >/dev/null || missing+=(postgresql)
+    command -v mariadbd >/dev/null || missing+=(mariadb-server)
     command -v psql >/dev/null || missing+=(postgresql-client)
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     else
-        log "redis-server, memcached, zookeeper, java and postgresql are installed"
+        log "redis-server, memcached, zookeeper, java, postgresql and mariadb are installed"
     fi
 }
 
@@ -475,9 +518,11 @@ case "$cmd" in
         start_postgres
         start_zookeeper
         start_memcached
+        start_mariadb
         log "all servers answer on $HOST (env: scripts/servers.sh env)"
         ;;
     stop)
+        stop_pidfile mariadb
         stop_pidfile memcached
         stop_pidfile zookeeper
         stop_pidfile redis
@@ -489,6 +534,7 @@ case "$cmd" in
         status_one postgres "$PG_PORT" || rc=1
         status_one zookeeper "$ZK_PORT" || rc=1
         status_one memcached "$MC_PORT" || rc=1
+        status_one mariadb "$MY_PORT" || rc=1
         exit "$rc"
         ;;
 esac

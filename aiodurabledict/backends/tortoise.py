@@ -1,4 +1,4 @@
-"""``ModelDict``: a dict kept in a database table through Tortoise ORM (SQLite or PostgreSQL).
+"""``ModelDict``: a dict kept in a database table through Tortoise ORM (SQLite, PostgreSQL, MySQL).
 
 The database is the source of truth for the version: a row per dict in ``aiodurabledict_version``,
 raised by one in the same transaction as every write, which also logs each changed key in
@@ -10,12 +10,13 @@ Choices worth knowing:
 
 - The dict never initialises Tortoise nor touches model metadata: it captures the application's
   ``TortoiseContext`` when built (or opened) and talks to that context's connection through the
-  driver (aiosqlite, asyncpg), so the watcher works from any task and never joins, nor waits for,
-  an application transaction on PostgreSQL. On SQLite it shares the application's one connection
-  (and its lock): do not write through a dict inside an open transaction of your own.
+  driver (aiosqlite, asyncpg, asyncmy or aiomysql), so the watcher works from any task and never
+  joins, nor waits for, an application transaction on PostgreSQL or MySQL. On SQLite it shares the
+  application's one connection (and its lock): do not write through a dict inside an open
+  transaction of your own.
 - Writes lock the version row first (``BEGIN IMMEDIATE`` on SQLite, waiting up to the connection's
-  busy timeout, 5 s by default; the row lock of its ``UPDATE`` on PostgreSQL), so writers from any
-  number of processes serialise and ``setdefault`` has one winner.
+  busy timeout, 5 s by default; the row lock of its ``UPDATE`` on PostgreSQL and MySQL), so writers
+  from any number of processes serialise and ``setdefault`` has one winner.
 - The memcached marker only moves up (compare-and-swap after each commit). A poll skips the database
   only when the marker equals the cache's version; missing, behind, ahead or unreachable, the
   database answers and the marker is set to the database's version, never a guess. Every
@@ -30,6 +31,13 @@ Choices worth knowing:
   (use a ``BinaryField``, or ``RawCodec`` with a binary column). PostgreSQL text cannot hold NUL:
   such a key raises ``InvalidKeyError`` and such a text value ``EncodeError``; nothing is escaped,
   so other readers of the table see exactly what the dict wrote.
+- MySQL and MariaDB (InnoDB) poll, like SQLite. Reads are single autocommit statements (each sees
+  every earlier commit); writes run READ COMMITTED, reading under ``FOR UPDATE``. Keys are compared
+  exactly, so the key and keyspace columns, and the version table's name, need a binary collation
+  (``utf8mb4_bin``): a case-insensitive one, the default of tables Tortoise generates, would merge
+  ``"a"`` and ``"A"``, and the dict refuses it at open (the error names the ``ALTER TABLE`` to run).
+  The library's own tables are created with it. Under a PAD SPACE collation (``utf8mb4_bin``) a key
+  ending in a space would equal the one without: such a key raises ``InvalidKeyError``.
 - Write to the table only through dicts: a row changed behind their back is not logged and reaches
   other caches only when they reload. Other columns of your model need database defaults (or NULL).
 """
@@ -230,6 +238,113 @@ def _ddl(dialect: str, with_entry: bool) -> list[str]:
     return statements
 
 
+def _mysql_quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+class _MysqlStatements(_Statements):
+    """The SQL of one dict on MySQL or MariaDB, with the same ``$n`` parameters (the session maps them
+    to the driver's ``%s``).
+
+    MySQL has no ``RETURNING`` on ``UPDATE``: the version comes back in the OK packet of the bump,
+    through ``LAST_INSERT_ID(expr)``; ``pop`` and ``clear`` read the rows ``FOR UPDATE`` first. Keys
+    from the log are compared as bytes, then in the key column's own collation (its index stays usable).
+    The log is read without DISTINCT: its temporary table costs more than looking a key up twice.
+    """
+
+    def __init__(self, cols: _Columns, collation: str, charset: str, row_alias: bool) -> None:
+        q = _mysql_quote
+        t = (q(cols.schema) + "." if cols.schema else "") + q(cols.table)
+        k, v, ver, chg = q(cols.key), q(cols.value), q(_VERSION_TABLE), q(_CHANGE_TABLE)
+        ks = q(cols.keyspace) if cols.keyspace else None
+        if not re.fullmatch(r"\w+", collation) or not re.fullmatch(r"\w+", charset):
+            raise BackendError(f"unexpected collation {collation!r} of the key column")
+
+        def scoped(n: int, joiner: str = " AND ") -> str:
+            return f"{joiner}t.{ks} = ${n}" if ks else ""
+
+        def scoped_bare(n: int, joiner: str = " AND ") -> str:
+            return f"{joiner}{ks} = ${n}" if ks else ""
+
+        # Exact, whatever the log table's collation: the index finds the candidates, bytes decide.
+        named = "`name` = $1 AND CAST(`name` AS BINARY) = CAST($1 AS BINARY)"
+        cols_in = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
+        vals_in = "$1, $2, $3" if ks else "$1, $2"
+        self.ensure_version = (
+            f"INSERT INTO {ver} (`name`, `version`, `horizon`) VALUES ($1, 0, 0) "
+            "ON DUPLICATE KEY UPDATE `name` = `name`"
+        )
+        self.version = f"SELECT `version` FROM {ver} WHERE `name` = $1"
+        self.load = (
+            f"SELECT v.`version`, t.{k}, t.{v} FROM {ver} v "
+            f"LEFT JOIN {t} t ON {scoped(2, '') or 'TRUE'} WHERE v.`name` = $1"
+        )
+        self.since = (
+            f"SELECT v.`version`, v.`horizon`, CONVERT(c.`k` USING utf8mb4), "
+            f"(SELECT t.{v} FROM {t} t WHERE t.{k} = CONVERT(c.`k` USING {charset}) COLLATE {collation}{scoped(3)}) "
+            f"FROM {ver} v LEFT JOIN (SELECT CAST(`key` AS BINARY) AS `k` FROM {chg} "
+            f"WHERE {named} AND `version` > $2) c ON TRUE WHERE v.`name` = $1"
+        )
+        self.bump = f"UPDATE {ver} SET `version` = LAST_INSERT_ID(`version` + 1) WHERE `name` = $1"
+        if row_alias:
+            # MySQL 8.0.20 deprecates VALUES() in ON DUPLICATE KEY UPDATE; MariaDB has no row alias.
+            self.upsert = f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) AS `new` ON DUPLICATE KEY UPDATE {v} = `new`.{v}"
+        else:
+            self.upsert = (
+                f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) ON DUPLICATE KEY UPDATE {v} = VALUES({v})"
+            )
+        self.get = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
+        self.get_locked = self.get + " FOR UPDATE"
+        self.delete = f"DELETE FROM {t} WHERE {k} = $1{scoped_bare(2)}"
+        self.select_locked = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')} FOR UPDATE"
+        self.delete_all = f"DELETE FROM {t}{scoped_bare(1, ' WHERE ')}"
+        self.log = f"INSERT INTO {chg} (`name`, `version`, `key`) VALUES ($1, $2, $3)"
+        self.trim = f"DELETE FROM {chg} WHERE {named} AND `version` <= $2"
+        self.horizon = f"UPDATE {ver} SET `horizon` = $2 WHERE `name` = $1 AND `horizon` < $2"
+        self.notify = ""
+
+
+def _mysql_ddl(with_entry: bool) -> list[str]:
+    """The library's tables on MySQL: InnoDB, utf8mb4, names and keys compared as bytes."""
+    text = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    tail = f" ENGINE=InnoDB DEFAULT {text}"
+    statements = [
+        (
+            f"CREATE TABLE IF NOT EXISTS `{_VERSION_TABLE}` (`name` VARCHAR(255) {text} NOT NULL PRIMARY KEY, "
+            f"`version` BIGINT NOT NULL, `horizon` BIGINT NOT NULL){tail}"
+        ),
+        (
+            f"CREATE TABLE IF NOT EXISTS `{_CHANGE_TABLE}` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
+            f"`name` VARCHAR(255) {text} NOT NULL, `version` BIGINT NOT NULL, `key` LONGTEXT {text} NOT NULL, "
+            f"KEY `aiodurabledict_change_name_version` (`name`, `version`)){tail}"
+        ),
+    ]
+    if with_entry:
+        # (255 + 512) characters of at most 4 bytes: 3068 bytes, under InnoDB's 3072-byte index limit.
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS `{_ENTRY_TABLE}` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
+            f"`keyspace` VARCHAR(255) {text} NOT NULL, `key` VARCHAR({ENTRY_KEY_LENGTH}) {text} NOT NULL, "
+            f"`value` LONGBLOB NOT NULL, UNIQUE KEY `uid_aiodurabled_keyspac_200fe1` (`keyspace`, `key`)){tail}"
+        )
+    return statements
+
+
+def _binary_collation(collation: str | None) -> bool:
+    """Whether equal strings under ``collation`` are equal bytes (up to trailing spaces when it pads)."""
+    return collation is None or collation == "binary" or collation.endswith("_bin")
+
+
+def _pads(collation: str | None) -> bool:
+    """PAD SPACE collations compare ``"a "`` equal to ``"a"``; MariaDB's ``nopad`` and MySQL's
+    ``0900`` collations do not."""
+    return (
+        collation is not None
+        and collation != "binary"
+        and "nopad" not in collation
+        and "0900" not in collation
+    )
+
+
 class _Session(Protocol):
     """One driver connection, as the backend uses it."""
 
@@ -272,6 +387,67 @@ class _PostgresSession:
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self.conn.executemany(sql, list(rows))
+
+
+_MYSQL_PARAMS: dict[str, tuple[str, tuple[int, ...]]] = {}
+
+
+def _mysql_params(sql: str) -> tuple[str, tuple[int, ...]]:
+    """``sql`` with its ``$n`` turned into the driver's ``%s``, and which argument each one takes."""
+    found = _MYSQL_PARAMS.get(sql)
+    if found is None:
+        order: list[int] = []
+
+        def mark(match: re.Match[str]) -> str:
+            order.append(int(match.group(1)) - 1)
+            return "%s"
+
+        found = _MYSQL_PARAMS[sql] = (re.sub(r"\$(\d+)", mark, sql.replace("%", "%%")), tuple(order))
+    return found
+
+
+class _MysqlSession:
+    """A connection of asyncmy (or aiomysql) from the client's pool."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def _run(self, sql: str, args: Sequence[Any]) -> Any:
+        query, order = _mysql_params(sql)
+        cursor = self.conn.cursor()
+        # Without arguments the driver sends the text as is (no %% to undo).
+        await cursor.execute(*((query, [args[i] for i in order]) if order else (sql,)))
+        return cursor
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        cursor = await self._run(sql, args)
+        try:
+            return list(await cursor.fetchall())
+        finally:
+            await cursor.close()
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> None:
+        cursor = await self._run(sql, args)
+        await cursor.close()
+
+    async def execute_id(self, sql: str, args: Sequence[Any]) -> tuple[int, int]:
+        """Rows changed and the id the server reported (``LAST_INSERT_ID(expr)`` sets it)."""
+        cursor = await self._run(sql, args)
+        try:
+            return int(cursor.rowcount), int(cursor.lastrowid or 0)
+        finally:
+            await cursor.close()
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        query, order = _mysql_params(sql)
+        cursor = self.conn.cursor()
+        try:
+            # The driver folds these into multi-row INSERTs where it can.
+            await cursor.executemany(query, [[row[i] for i in order] for row in rows])
+        finally:
+            await cursor.close()
 
 
 class _Marker:
@@ -414,6 +590,9 @@ class TortoiseBackend:
             self._alias = _alias_of(model, self._context)
         self._dialect = ""
         self._sql: _Statements | None = None
+        self._my: _MysqlStatements | None = None
+        # Whether the key column's collation ignores trailing spaces (MySQL PAD SPACE).
+        self._pads = False
         self._marker: _Marker | None = None
         self._owed = 0
         self._confirm_due = 0.0
@@ -441,10 +620,11 @@ class TortoiseBackend:
                 raise BackendError(
                     "ModelDict on PostgreSQL needs Tortoise's asyncpg client (postgres:// URLs)"
                 )
-            if dialect not in {"sqlite", "postgres"}:
-                raise BackendError(f"ModelDict supports SQLite and PostgreSQL, not {dialect!r}")
+            if dialect not in {"sqlite", "postgres", "mysql"}:
+                raise BackendError(f"ModelDict supports SQLite, PostgreSQL and MySQL, not {dialect!r}")
             self._dialect = dialect
-            self._sql = _Statements(self._cols, dialect)
+            # On MySQL the statements depend on the key column's collation: _prepare() reads it.
+            self._sql = None if dialect == "mysql" else _Statements(self._cols, dialect)
             identity = self._identity(client)
             if self._cache is not None:
                 key = (
@@ -493,12 +673,17 @@ class TortoiseBackend:
         """What tells this dict apart from every other one sharing a memcached or a PostgreSQL server."""
         if self._dialect == "sqlite":
             where = "sqlite:" + os.path.abspath(str(client.filename))
+        elif self._dialect == "mysql":
+            where = f"mysql:{client.host}:{client.port}/{self._cols.schema or client.database}"
         else:
             schema = self._cols.schema or client.schema or ""
             where = f"postgres:{client.host}:{client.port}/{client.database}/{schema}"
         return f"{where}\0{self._name}"
 
     async def _prepare(self, client: BaseDBAsyncClient) -> None:
+        if self._dialect == "mysql":
+            await self._prepare_mysql(client)
+            return
         assert self._sql is not None
         with_entry = self._cols.table == _ENTRY_TABLE
         tables = [_VERSION_TABLE, _CHANGE_TABLE, *([_ENTRY_TABLE] if with_entry else [])]
@@ -525,6 +710,58 @@ class TortoiseBackend:
         async with self._session(client) as s:
             await s.execute(self._sql.ensure_version, [self._name])
 
+    async def _prepare_mysql(self, client: BaseDBAsyncClient) -> None:
+        """Create missing tables, check the collations that decide key equality, build the statements."""
+        cols = self._cols
+        with_entry = cols.table == _ENTRY_TABLE
+        tables = [_VERSION_TABLE, _CHANGE_TABLE, *([_ENTRY_TABLE] if with_entry else [])]
+        in_tables = ", ".join(f"${i + 2}" for i in range(len(tables)))
+        async with self._session(client) as s:
+            found = await s.fetch(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = COALESCE(NULLIF($1, ''), DATABASE()) "
+                f"AND TABLE_NAME IN ({in_tables})",
+                [cols.schema, *tables],
+            )
+            if int(found[0][0]) < len(tables):
+                for statement in _mysql_ddl(with_entry):
+                    await s.execute(statement, ())
+            wanted = [(cols.table, cols.key, "key"), (_VERSION_TABLE, "name", "name")]
+            if cols.keyspace:
+                wanted.append((cols.table, cols.keyspace, "keyspace"))
+            found = await s.fetch(
+                "SELECT TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = COALESCE(NULLIF($1, ''), DATABASE()) AND TABLE_NAME IN ($2, $3) AND COLUMN_NAME IN ($4, $5, $6)",
+                [cols.schema, cols.table, _VERSION_TABLE, cols.key, "name", cols.keyspace or cols.key],
+            )
+            server = str((await s.fetch("SELECT VERSION()", ()))[0][0])
+        columns = {(str(row[0]), str(row[1])): (row[2], row[3]) for row in found}
+        for table, column, role in wanted:
+            if (table, column) not in columns:
+                raise BackendError(f"the {role} column {table}.{column} is missing")
+            charset, collation = columns[table, column]
+            if not _binary_collation(collation):
+                raise BackendError(
+                    f"the {role} column {table}.{column} has collation {collation}, which treats strings that "
+                    "differ in case or accents as one; ModelDict needs keys compared exactly: "
+                    f"ALTER TABLE `{table}` MODIFY `{column}` … CHARACTER SET {charset} COLLATE {charset}_bin"
+                )
+            if (
+                role != "key"
+                and _pads(collation)
+                and (self._name.endswith(" ") or (self._keyspace or "").endswith(" "))
+            ):
+                raise BackendError(
+                    f"the {role} column {table}.{column} ignores trailing spaces: the dict's name and keyspace "
+                    "must not end with one"
+                )
+        charset, collation = columns[cols.table, cols.key]
+        self._pads = _pads(collation)
+        self._my = self._sql = _MysqlStatements(
+            cols, str(collation or "binary"), str(charset or "binary"), _row_alias(server)
+        )
+        async with self._session(client) as s:
+            await s.execute(self._sql.ensure_version, [self._name])
+
     # -- sessions --------------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -545,6 +782,9 @@ class TortoiseBackend:
                 except BaseException:
                     await _queue_rollback(session)
                     raise
+            elif self._dialect == "mysql":
+                async with _mysql_session(conn, write) as mine:
+                    yield mine
             elif write:
                 async with conn.transaction():
                     yield _PostgresSession(conn)
@@ -621,6 +861,10 @@ class TortoiseBackend:
         """Check a key (and convert a value) for the column types; nothing is escaped."""
         if self._dialect == "postgres" and "\x00" in key:
             raise InvalidKeyError("PostgreSQL text cannot hold NUL characters; this key has one")
+        if self._pads and key.endswith(" "):
+            raise InvalidKeyError(
+                "the key column's collation ignores trailing spaces, so this key would be another one's"
+            )
         if value is None or self._cols.binary:
             return value
         try:
@@ -637,7 +881,11 @@ class TortoiseBackend:
     async def _begin(self, s: _Session) -> int:
         """Lock the dict and take the next version (the first statement of every write)."""
         assert self._sql is not None
-        rows = await s.fetch(self._sql.bump, [self._name])
+        if isinstance(s, _MysqlSession):
+            changed, version = await s.execute_id(self._sql.bump, [self._name])
+            rows: list[Sequence[Any]] = [[version]] if changed else []
+        else:
+            rows = await s.fetch(self._sql.bump, [self._name])
         if not rows:
             raise BackendError(f"the version row of dict {self._name!r} is missing")
         version = int(rows[0][0])
@@ -719,9 +967,14 @@ class TortoiseBackend:
             try:
                 async with self._session(write=True) as s:
                     version = await self._begin(s)
-                    rows = await s.fetch(self._sql.delete, self._scope(key))
+                    if self._my is not None:
+                        rows = await s.fetch(self._my.get_locked, self._scope(key))
+                    else:
+                        rows = await s.fetch(self._sql.delete, self._scope(key))
                     if not rows or rows[0][0] is None:
                         raise _NothingWritten
+                    if self._my is not None:
+                        await s.execute(self._my.delete, self._scope(key))
                     await self._log(s, version, {key: None})
             except _NothingWritten:
                 return None
@@ -737,7 +990,15 @@ class TortoiseBackend:
             try:
                 async with self._session(write=True) as s:
                     version = await self._begin(s)
-                    if await s.fetch(self._sql.insert_new, self._scope(key, stored)):
+                    if self._my is not None:
+                        # Under the version row's lock: no other dict writes in between.
+                        found = await s.fetch(self._my.get_locked, self._scope(key))
+                        if found and found[0][0] is not None:
+                            existing = found[0][0]
+                            raise _NothingWritten
+                        await s.execute(self._my.upsert, self._scope(key, stored))
+                        await self._log(s, version, {key: value})
+                    elif await s.fetch(self._sql.insert_new, self._scope(key, stored)):
                         await self._log(s, version, {key: value})
                     else:
                         # Still under the lock: this is the value as of version - 1.
@@ -755,9 +1016,14 @@ class TortoiseBackend:
             try:
                 async with self._session(write=True) as s:
                     version = await self._begin(s)
-                    rows = await s.fetch(self._sql.clear, self._scope())
+                    if self._my is not None:
+                        rows = await s.fetch(self._my.select_locked, self._scope())
+                    else:
+                        rows = await s.fetch(self._sql.clear, self._scope())
                     if not rows:
                         raise _NothingWritten
+                    if self._my is not None:
+                        await s.execute(self._my.delete_all, self._scope())
                     removed: dict[str, bytes | None] = {row[0]: None for row in rows if row[1] is not None}
                     await self._log(s, version, {row[0]: None for row in rows})
             except _NothingWritten:
@@ -866,6 +1132,41 @@ async def _queue_rollback(session: _SqliteSession) -> None:
     await asyncio.sleep(0)
 
 
+@asynccontextmanager
+async def _mysql_session(conn: Any, write: bool) -> AsyncIterator[_MysqlSession]:
+    """A pool connection (in autocommit: every read sees every earlier commit); with ``write``, one
+    READ COMMITTED transaction (no gap locks between dicts sharing a table)."""
+    session = _MysqlSession(conn)
+    try:
+        if write:
+            # For the next transaction only: the application's session settings stay as they are.
+            await session.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED", ())
+            await conn.begin()
+        yield session
+        if write:
+            await conn.commit()
+    except _NothingWritten:
+        try:
+            await conn.rollback()
+        except BaseException:
+            conn.close()
+            raise
+        raise
+    except BaseException:
+        # A statement cut short leaves its reply unread, and a failed one its transaction open:
+        # the pool must never hand this connection out again (it drops closed ones).
+        conn.close()
+        raise
+
+
+def _row_alias(server: str) -> bool:
+    """Whether the server takes ``INSERT … AS new`` (MySQL 8.0.19 and later; no MariaDB)."""
+    if "mariadb" in server.lower():
+        return False
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", server)
+    return found is not None and tuple(int(n) for n in found.groups()) >= (8, 0, 19)
+
+
 class _NothingWritten(Exception):
     """Raised inside a write transaction to roll it back: the write turned out to change nothing."""
 
@@ -892,7 +1193,8 @@ def _notice(payload: str) -> Delta:
 
 
 def _client_for_url(url: str) -> BaseDBAsyncClient:
-    """A Tortoise client of the dict's own for ``sqlite:///file.db`` or ``postgres://…`` (no context)."""
+    """A Tortoise client of the dict's own for ``sqlite:///file.db``, ``postgres://…`` or ``mysql://…``
+    (no context)."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -911,7 +1213,13 @@ def _client_for_url(url: str) -> BaseDBAsyncClient:
 
         credentials = expand_db_url(url.replace(parts.scheme + "://", "postgres://", 1))["credentials"]
         return AsyncpgDBClient(connection_name="aiodurabledict", **credentials)
-    raise ValueError(f"ModelDict opens sqlite:// and postgres:// URLs, not {scheme}://")
+    if scheme == "mysql":
+        from tortoise.backends.base.config_generator import expand_db_url
+        from tortoise.backends.mysql.client import MySQLClient
+
+        credentials = expand_db_url(url)["credentials"]
+        return MySQLClient(connection_name="aiodurabledict", **credentials)
+    raise ValueError(f"ModelDict opens sqlite://, postgres:// and mysql:// URLs, not {scheme}://")
 
 
 class ModelDict(AsyncDurableDict[Any]):
@@ -968,7 +1276,8 @@ class ModelDict(AsyncDurableDict[Any]):
 
 
 def open_url_dict(url: str, *, keyspace: str = DEFAULT_KEYSPACE, **opts: Any) -> ModelDict:
-    """An unopened ``ModelDict`` on the ready ``DurableEntry`` table of ``sqlite:///file.db`` or
-    ``postgres://user@host:port/db``; it opens, and closes, a connection of its own."""
+    """An unopened ``ModelDict`` on the ready ``DurableEntry`` table of ``sqlite:///file.db``,
+    ``postgres://user@host:port/db`` or ``mysql://user@host:port/db``; it opens, and closes, a
+    connection of its own."""
     _client_for_url(url)  # malformed URLs fail now, not at open()
     return ModelDict(DurableEntry, keyspace=keyspace, _owned_url=url, **opts)

@@ -1,5 +1,6 @@
 """What only the Tortoise store has: queries per sync, the version row and its log, model columns,
-the application's Tortoise context, writers in other processes, the memcached marker and NOTIFY."""
+the application's Tortoise context, writers in other processes, the memcached marker, NOTIFY, and
+MySQL's collations."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tortoise.context import TortoiseContext
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from aiodurabledict import AsyncDurableDict, BackendError, EncodeError, InvalidKeyError, RawCodec
+from aiodurabledict import AsyncDurableDict, BackendError, EncodeError, InvalidKeyError, RawCodec, open_dict
 from aiodurabledict._backend import Delta
 from aiodurabledict.backends.tortoise import ModelDict, TortoiseBackend, open_url_dict
 from aiodurabledict.testing.conformance import eventually
@@ -27,6 +28,8 @@ from tests.servers import host_port, require_memcached
 from tests.stores.tortoise import (
     Setting,
     TextSetting,
+    generate_schemas,
+    mysql_database,
     postgres_schema,
     schema_url,
     tortoise_config,
@@ -51,6 +54,17 @@ class Counter:
         if client.capabilities.dialect == "sqlite":
             async with client.acquire_connection() as conn:
                 await conn._execute(conn._conn.set_trace_callback, self.statements.append)
+        elif client.capabilities.dialect == "mysql":
+            # asyncmy's connection is a compiled class: wrap what the client hands out instead.
+            acquire = client.acquire_connection
+            statements = self.statements
+
+            @asynccontextmanager
+            async def counted() -> AsyncIterator[Any]:
+                async with acquire() as conn:
+                    yield _CountedConnection(conn, statements)
+
+            client.acquire_connection = counted
         else:
             # The client's pool has one connection (maxsize=1): log every query it runs, except the
             # reset asyncpg's pool sends when a connection comes back (the pool's, not the dict's).
@@ -62,19 +76,80 @@ class Counter:
                 conn._con.add_query_logger(log)
 
 
+class _CountedCursor:
+    def __init__(self, cursor: Any, statements: list[str]) -> None:
+        self._cursor = cursor
+        self._statements = statements
+
+    async def execute(self, query: str, args: Any = None) -> Any:
+        self._statements.append(query)
+        return await self._cursor.execute(query, args)
+
+    async def executemany(self, query: str, args: Any) -> Any:
+        self._statements.append(query)
+        return await self._cursor.executemany(query, args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+class _CountedConnection:
+    """A MySQL connection that logs each statement (and BEGIN, COMMIT, ROLLBACK) it sends."""
+
+    def __init__(self, conn: Any, statements: list[str]) -> None:
+        self._conn = conn
+        self._statements = statements
+
+    def cursor(self) -> _CountedCursor:
+        return _CountedCursor(self._conn.cursor(), self._statements)
+
+    async def begin(self) -> None:
+        self._statements.append("BEGIN")
+        await self._conn.begin()
+
+    async def commit(self) -> None:
+        self._statements.append("COMMIT")
+        await self._conn.commit()
+
+    async def rollback(self) -> None:
+        self._statements.append("ROLLBACK")
+        await self._conn.rollback()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+ONE_CONNECTION = "minsize=1&maxsize=1"
+
+
+def pooled(db_url: str) -> str:
+    """``db_url`` with the client's usual pool instead of one connection."""
+    return db_url.replace("&" + ONE_CONNECTION, "").replace("?" + ONE_CONNECTION, "")
+
+
 @asynccontextmanager
 async def database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A Tortoise URL: a SQLite file, or a fresh PostgreSQL schema whose pool has one connection."""
+    """A Tortoise URL: a SQLite file, or a fresh PostgreSQL schema or MySQL database whose pool has
+    one connection."""
     if kind == "sqlite":
         yield f"sqlite://{tmp_path / 'db.sqlite'}"
+    elif kind == "mysql":
+        async with mysql_database() as url:
+            yield f"{url}?{ONE_CONNECTION}"
     else:
         async with postgres_schema() as schema:
-            yield schema_url(schema) + "&minsize=1&maxsize=1"
+            yield f"{schema_url(schema)}&{ONE_CONNECTION}"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each test runs on a SQLite file and on a PostgreSQL schema of its own."""
+    """Each test runs on a SQLite file, a PostgreSQL schema and a MySQL database of its own."""
     async with database(request.param, tmp_path) as url:
         yield url
 
@@ -85,7 +160,7 @@ async def app_context(db_url: str, *modules: str) -> AsyncIterator[TortoiseConte
     ctx = TortoiseContext()
     async with ctx:
         await ctx.init(config=tortoise_config(db_url, *modules))
-        await ctx.generate_schemas(safe=True)
+        await generate_schemas(ctx)
         yield ctx
 
 
@@ -150,9 +225,11 @@ async def test_log_is_trimmed_and_old_caches_reload_fully(db_url: str) -> None:
         for i in range(40):
             await d.set(f"k{i % 3}", i)
         placeholder = "?" if b._dialect == "sqlite" else "$1"
+        q = "`" if b._dialect == "mysql" else '"'
         async with b._session() as s:
             rows = await s.fetch(
-                f'SELECT COUNT(*) FROM "aiodurabledict_change" WHERE "name" = {placeholder}', [b._name]
+                f"SELECT COUNT(*) FROM {q}aiodurabledict_change{q} WHERE {q}name{q} = {placeholder}",
+                [b._name],
             )
         assert int(rows[0][0]) <= 8 + b._trim_every
         old = await b.changes_since(1)
@@ -196,13 +273,14 @@ async def test_text_value_column_holds_utf8_and_refuses_other_bytes(db_url: str)
 
 
 async def test_nul_characters(db_url: str) -> None:
-    """SQLite keeps NUL in keys; PostgreSQL refuses NUL keys (InvalidKeyError) and NUL text (EncodeError)."""
+    """SQLite and MySQL keep NUL in keys; PostgreSQL refuses NUL keys (InvalidKeyError) and NUL text
+    (EncodeError)."""
     async with (
         tortoise_store(db_url, model=TextSetting) as make,
         await make(watch=False) as d,
         await make(watch=False, codec=RawCodec()) as raw,
     ):
-        if backend_of(d)._dialect == "sqlite":
+        if backend_of(d)._dialect in {"sqlite", "mysql"}:
             await d.set("a\x00b", 1)
             await raw.set("nul", b'"x\x00y"')
             async with await make(watch=False, codec=RawCodec()) as fresh:
@@ -301,9 +379,12 @@ async def test_library_tables_from_the_users_apps(db_url: str) -> None:
         assert (await DurableEntry.get(keyspace="apps", key="k")).value == b"1"
 
 
-@pytest.mark.postgres
-async def test_write_outside_an_application_transaction(tmp_path: Path) -> None:
-    """On PostgreSQL a dict written inside an application transaction commits on its own.
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)],
+)
+async def test_write_outside_an_application_transaction(kind: str, tmp_path: Path) -> None:
+    """On PostgreSQL and MySQL a dict written inside an application transaction commits on its own.
 
     (SQLite has one connection: there a dict shares, and waits for, the application's transaction.)
     """
@@ -316,8 +397,8 @@ async def test_write_outside_an_application_transaction(tmp_path: Path) -> None:
 
     # A pool of more than one connection: the application's transaction holds one.
     async with (
-        database("postgres", tmp_path) as db_url,
-        app_context(db_url.replace("&minsize=1&maxsize=1", "")),
+        database(kind, tmp_path) as db_url,
+        app_context(pooled(db_url)),
         ModelDict(Setting, watch=False) as d,
     ):
         with pytest.raises(ZeroDivisionError):
@@ -341,10 +422,7 @@ async def test_sqlite_refuses_use_inside_an_application_transaction(tmp_path: Pa
 
 async def test_open_url_dict_owns_its_connection(db_url: str, tmp_path: Path) -> None:
     """open_url_dict builds a client of its own on the ready table, and closes it."""
-    if db_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / 'own.db'}"
-    else:
-        url = db_url.replace("&minsize=1&maxsize=1", "")
+    url = f"sqlite:///{tmp_path / 'own.db'}" if db_url.startswith("sqlite") else pooled(db_url)
     async with open_url_dict(url, keyspace="u") as d:
         await d.set("k", [1])
         owned = backend_of(d)._owned
@@ -384,7 +462,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 
 async def test_writers_in_eight_processes(db_url: str) -> None:
     """8 processes race: setdefault has one winner, every write lands, the version counts every commit."""
-    url = db_url.replace("&minsize=1&maxsize=1", "")
+    url = pooled(db_url)
     writes = 15
     async with tortoise_store(url, model=Setting) as make, await make(watch=False) as d:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -535,3 +613,62 @@ async def test_sqlite_has_no_push(tmp_path: Path) -> None:
     async with tortoise_store(f"sqlite://{tmp_path / 'x.db'}", model=Setting) as make, await make() as d:
         assert not hasattr(backend_of(d), "subscribe")
         assert backend_of(d).poll_interval == 1.0
+
+
+# -- MySQL ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def mysql_url() -> AsyncIterator[str]:
+    async with mysql_database() as url:
+        yield url
+
+
+@pytest.mark.mysql
+async def test_mysql_polls_and_keeps_keys_apart_exactly(mysql_url: str) -> None:
+    """MySQL has no push (the dict polls); keys that differ in case, accents or trailing NULs are
+    different keys, and a key ending in a space (equal to one without under PAD SPACE) is refused."""
+    async with (
+        tortoise_store(mysql_url, model=Setting) as make,
+        await make(poll_interval=0.02) as reader,
+        await make(watch=False) as writer,
+    ):
+        assert not hasattr(backend_of(reader), "subscribe")
+        keys = ["a", "A", "á", "a\x00"]
+        for n, key in enumerate(keys):
+            await writer.set(key, n)
+        await eventually(lambda: len(reader.view) == 4)
+        assert {key: reader[key] for key in keys} == {key: n for n, key in enumerate(keys)}
+        with pytest.raises(InvalidKeyError):
+            await writer.set("a ", 1)
+        await writer.delete("A")
+        await eventually(lambda: "A" not in reader.view)
+        assert reader["a"] == 0
+
+
+@pytest.mark.mysql
+async def test_mysql_refuses_a_case_insensitive_key_column(mysql_url: str) -> None:
+    """A key column whose collation merges "a" and "A" (what Tortoise generates) is refused at open,
+    with the ALTER TABLE that fixes it."""
+    async with app_context(mysql_url) as ctx:
+        client: Any = ctx.connections.get("mysql")
+        await client.execute_script(
+            "ALTER TABLE `app_setting` MODIFY `key` VARCHAR(255) CHARACTER SET utf8mb4 "
+            "COLLATE utf8mb4_general_ci NOT NULL"
+        )
+        with pytest.raises(BackendError, match="ALTER TABLE `app_setting` MODIFY `key`"):
+            async with ModelDict(Setting):
+                pass
+
+
+@pytest.mark.mysql
+async def test_open_dict_mysql_url(mysql_url: str) -> None:
+    """open_dict("mysql://…?keyspace=…") makes a dict on the ready table, created with binary keys."""
+    url = f"{mysql_url}?keyspace=urls&poll_interval=0.02"
+    async with open_dict(url) as writer, open_dict(url) as reader:
+        await writer.set("k", {"a": 1})
+        await writer.set("K", 2)
+        await eventually(lambda: len(reader.view) == 2)
+        assert reader["k"] == {"a": 1}
+        assert reader["K"] == 2
+        assert backend_of(reader)._dialect == "mysql"

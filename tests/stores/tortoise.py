@@ -1,14 +1,17 @@
-"""Tortoise ORM for the conformance suite: SQLite (a file) and PostgreSQL, each with and without memcached.
+"""Tortoise ORM for the conformance suite: SQLite (a file), PostgreSQL and MySQL, each with and without
+memcached.
 
 Every dict a factory makes has a Tortoise context of its own (as another process would), built the way
 an application builds one; the dict is constructed while that context is current. SQLite uses a file
-in the test's tmp_path; PostgreSQL a schema of its own per test, dropped afterwards. The params mix a
+in the test's tmp_path; PostgreSQL a schema of its own per test, MySQL a database of its own per test,
+both dropped afterwards. The params mix a
 user's own model (one table, one dict) with the ready ``DurableEntry`` table (one keyspace per test).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +24,14 @@ from tortoise.models import Model
 
 from aiodurabledict import AsyncDurableDict
 from aiodurabledict.testing.conformance import Factory
-from tests.servers import host_port, postgres_url, require_memcached, require_postgres, unavailable
+from tests.servers import (
+    answers,
+    host_port,
+    postgres_url,
+    require_memcached,
+    require_postgres,
+    unavailable,
+)
 
 
 class Setting(Model):
@@ -70,6 +80,68 @@ async def postgres_schema() -> AsyncIterator[str]:
             await admin.close()
 
 
+def mysql_url() -> str:
+    """URL of the shared MySQL (or MariaDB) server; its database part is replaced per test."""
+    return os.environ.get("AIODURABLEDICT_MYSQL_URL") or "mysql://root:@127.0.0.1:3306/test"
+
+
+@asynccontextmanager
+async def mysql_database() -> AsyncIterator[str]:
+    """The Tortoise URL of a fresh database on the shared MySQL server, dropped afterwards."""
+    from urllib.parse import urlsplit
+
+    asyncmy: Any = importlib.import_module("asyncmy")
+    parts = urlsplit(mysql_url())
+    host, port = parts.hostname or "127.0.0.1", parts.port or 3306
+    if not answers(f"{host}:{port}"):
+        unavailable(f"MySQL at {host}:{port} does not answer")
+    user, password = parts.username or "root", parts.password or ""
+    database = f"t_{uuid.uuid4().hex[:16]}"
+    try:
+        admin = await asyncmy.connect(host=host, port=port, user=user, password=password, connect_timeout=5)
+    except (OSError, asyncmy.errors.MySQLError) as exc:
+        unavailable(f"MySQL at {host}:{port} refused us: {exc}")
+    try:
+        async with admin.cursor() as cursor:
+            await cursor.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        yield f"mysql://{parts.netloc}/{database}"
+    finally:
+        try:
+            async with admin.cursor() as cursor:
+                await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        finally:
+            await admin.ensure_closed()
+
+
+# Tortoise creates MySQL tables with the charset's default collation (case-insensitive); ModelDict
+# needs the key columns compared exactly, as an application on MySQL makes them.
+_BINARY_KEYS = {
+    "app_setting": ["`key` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"],
+    "app_text_setting": ["`key` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"],
+    "aiodurabledict_version": ["`name` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"],
+    "aiodurabledict_entry": [
+        "`keyspace` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+        "`key` VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+    ],
+}
+
+
+async def generate_schemas(ctx: TortoiseContext) -> None:
+    """The application's schema generation; on MySQL, key columns then get a binary collation."""
+    await ctx.generate_schemas(safe=True)
+    for alias in ctx.connections.db_config:
+        client: Any = ctx.connections.get(alias)
+        if client.capabilities.dialect != "mysql":
+            continue
+        _, rows = await client.execute_query(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+        )
+        for row in rows:
+            table = row["TABLE_NAME"]
+            for column in _BINARY_KEYS.get(table, []):
+                await client.execute_script(f"ALTER TABLE `{table}` MODIFY {column}")
+
+
 def schema_url(schema: str, base: str | None = None) -> str:
     """The Tortoise URL of ``schema`` on the shared PostgreSQL (or on ``base``)."""
     base = base or postgres_url()
@@ -115,7 +187,7 @@ async def tortoise_store(
             with ctx:
                 await ctx.init(config=tortoise_config(db_url))
                 if not created:
-                    await ctx.generate_schemas(safe=True)
+                    await generate_schemas(ctx)
                     created = True
             if memcached is not None:
                 import aiomcache
@@ -146,6 +218,12 @@ def _tortoise(database: str, *, custom_model: bool, memcached: bool) -> Any:
                 f"sqlite://{path}", model=model, keyspace=keyspace, memcached=mc, poll_interval=0.05
             ) as make:
                 yield make
+        elif database == "mysql":
+            async with (
+                mysql_database() as url,
+                tortoise_store(url, model=model, keyspace=keyspace, memcached=mc, poll_interval=0.05) as make,
+            ):
+                yield make
         else:
             async with (
                 postgres_schema() as schema,
@@ -157,6 +235,7 @@ def _tortoise(database: str, *, custom_model: bool, memcached: bool) -> Any:
 
 
 _PG = pytest.mark.postgres
+_MY = pytest.mark.mysql
 _MC = pytest.mark.memcached
 PARAMS = [
     pytest.param(_tortoise("sqlite", custom_model=True, memcached=False), id="tortoise-sqlite"),
@@ -170,5 +249,11 @@ PARAMS = [
         _tortoise("postgres", custom_model=True, memcached=True),
         id="tortoise-postgres-memcached",
         marks=[_PG, _MC],
+    ),
+    pytest.param(_tortoise("mysql", custom_model=True, memcached=False), id="tortoise-mysql", marks=_MY),
+    pytest.param(
+        _tortoise("mysql", custom_model=False, memcached=True),
+        id="tortoise-mysql-memcached",
+        marks=[_MY, _MC],
     ),
 ]
