@@ -127,6 +127,8 @@ class AsyncDurableDict(Generic[V]):
     - ``heartbeat``: seconds between the watcher's version checks; bounds how late a frozen store or a
       lost notice is noticed.
     - ``poll_interval``: seconds between checks for stores that cannot push (default: the backend's).
+      Given (or suggested by the backend) for a store that pushes, checks still come at least this
+      often, as a safety net for lost notices.
     - ``timeout``: seconds any one store call may take before it fails with ``BackendError``.
     """
 
@@ -147,10 +149,14 @@ class AsyncDurableDict(Generic[V]):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if max_staleness is not None and not max_staleness > 0:
             raise ValueError(f"max_staleness must be positive or None, not {max_staleness!r}")
+        polled = poll_interval is not None or hasattr(backend, "poll_interval")
         if poll_interval is None:
             poll_interval = float(getattr(backend, "poll_interval", 1.0))
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
+        # Where polling is asked for (or the store suggests it) push is an addition: checks keep
+        # coming at least every poll_interval, so a lost notice costs no more than that.
+        self._check_interval = min(heartbeat, poll_interval) if polled else heartbeat
         self._backend = backend
         self._codec: Codec = codec if codec is not None else JSONCodec()
         self._autosync = autosync
@@ -217,7 +223,7 @@ class AsyncDurableDict(Generic[V]):
                 watch(
                     self,
                     getattr(self._backend, "subscribe", None),
-                    heartbeat=self._heartbeat,
+                    heartbeat=self._check_interval,
                     poll_interval=self._poll_interval,
                     backoff=Backoff(cap=max(1.0, min(5.0, self._heartbeat * 2))),
                 ),

@@ -263,12 +263,12 @@ async def test_postgres_restart_under_live_dicts() -> None:
 
 
 @pytest.mark.postgres
-async def test_lost_notify_is_caught_by_the_heartbeat() -> None:
-    """With every NOTIFY lost, the watcher's periodic check still brings each write within a heartbeat."""
+async def test_lost_notify_is_caught_by_polling() -> None:
+    """With every NOTIFY lost and the heartbeat an hour away, polling at poll_interval brings each write."""
     async with (
         private_postgres() as server,
         tortoise_store(server.url, model=Setting, **FAST) as make,
-        await make() as reader,
+        await make(heartbeat=3600, poll_interval=0.1) as reader,
         await make(watch=False) as writer,
     ):
         backend_of(writer)._publish = False
