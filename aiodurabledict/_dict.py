@@ -207,10 +207,11 @@ class AsyncDurableDict(Generic[V]):
             self._ensure_open()
             return self
         self._reset()
-        await self._call(self._backend.start(), self._timeout)
         try:
+            await self._call(self._backend.start(), self._timeout)
             delta = await self._call(self._backend.load(), self._timeout)
         except BaseException:
+            # Whatever the backend made (an owned client, a connection) must not outlive a failed open.
             await self._backend.aclose()
             raise
         self._apply(delta)
