@@ -237,7 +237,7 @@ class AsyncDurableDict(Generic[V]):
         if self._state != _OPEN:
             return
         self._state = _CLOSED
-        self._live = False
+        self._set_live(False)
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await _stop(watcher)
@@ -338,7 +338,7 @@ class AsyncDurableDict(Generic[V]):
         if result is None:
             # Absent in the store: forget any copy the cache still held.
             if key in self._data or key in self._data.bad:
-                self._apply_absent(key)
+                self._put(key, None, self._version)
             if default is _NO_DEFAULT:
                 raise KeyError(key)
             return default
@@ -581,9 +581,6 @@ class AsyncDurableDict(Generic[V]):
             self._version = version
         if self._kver:
             self._kver = {k: v for k, v in self._kver.items() if v > self._version}
-
-    def _apply_absent(self, key: str) -> None:
-        self._put(key, None, self._version)
 
     def _put(self, key: str, raw: bytes | None, version: int) -> None:
         data = self._data

@@ -418,11 +418,6 @@ class RedisBackend:
             prev=version,
         )
 
-    async def version(self) -> int:
-        """The store's version (one GET)."""
-        with map_exceptions(RedisError, OSError):
-            return int(await self.client.get(self.version_key) or 0)
-
     # -- writes -----------------------------------------------------------------------------------
 
     # A write is one script call. redis-py may resend a command whose reply was lost to a dropped

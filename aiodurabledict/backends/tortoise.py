@@ -164,7 +164,6 @@ class _Statements:
         cols_in = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
         vals_in = "$1, $2, $3" if ks else "$1, $2"
         self.ensure_version = f'INSERT INTO "{ver}" ("name", "version", "horizon") VALUES ($1, 0, 0) ON CONFLICT ("name") DO NOTHING'
-        self.version = f'SELECT "version" FROM "{ver}" WHERE "name" = $1'
         self.load = (
             f'SELECT v."version", t.{k}, t.{v} FROM "{ver}" v '
             f'LEFT JOIN {t} t ON {scoped(2, "") or "TRUE"} WHERE v."name" = $1'
@@ -274,7 +273,6 @@ class _MysqlStatements(_Statements):
             f"INSERT INTO {ver} (`name`, `version`, `horizon`) VALUES ($1, 0, 0) "
             "ON DUPLICATE KEY UPDATE `name` = `name`"
         )
-        self.version = f"SELECT `version` FROM {ver} WHERE `name` = $1"
         self.load = (
             f"SELECT v.`version`, t.{k}, t.{v} FROM {ver} v "
             f"LEFT JOIN {t} t ON {scoped(2, '') or 'TRUE'} WHERE v.`name` = $1"
@@ -796,14 +794,6 @@ class TortoiseBackend:
         return [*args, self._keyspace] if self._keyspace is not None else list(args)
 
     # -- reads -----------------------------------------------------------------------------------
-
-    async def version(self) -> int:
-        """The database's version of this dict."""
-        assert self._sql is not None
-        with map_exceptions():
-            async with self._session() as s:
-                rows = await s.fetch(self._sql.version, [self._name])
-        return int(rows[0][0]) if rows else 0
 
     async def load(self) -> Delta:
         """Every entry and the version, read by one statement (one snapshot)."""

@@ -362,11 +362,6 @@ class ZookeeperBackend:
         newest, changes = found
         return Delta(version=newest, changes=changes, prev=version)
 
-    async def version(self) -> int:
-        """The zxid of the dict's last write."""
-        stamp = await self._stamp()
-        return self._last_zxid() if stamp is None else int(stamp[1].last_modified_zxid)
-
     # -- writes ---------------------------------------------------------------------------------
 
     async def set(self, key: str, value: bytes) -> Delta:

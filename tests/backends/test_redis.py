@@ -107,7 +107,7 @@ async def test_writes_return_exactly_what_they_wrote() -> None:
         assert cleared.prev == B + 4
         assert cleared.changes == {"a": None, "b": None, "d": None}
         assert await b.clear() == Delta(B + 5)
-        assert await b.version() == B + 5
+        assert (await b.load()).version == B + 5
 
 
 async def test_changes_since_returns_only_the_changes() -> None:

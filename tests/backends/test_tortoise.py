@@ -9,7 +9,7 @@ import contextvars
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from aiodurabledict import AsyncDurableDict, BackendError, EncodeError, InvalidK
 from aiodurabledict._backend import Delta
 from aiodurabledict.backends.tortoise import ModelDict, TortoiseBackend, open_url_dict
 from aiodurabledict.testing.conformance import eventually
+from tests.notices import spy_notices
 from tests.servers import host_port, require_memcached
 from tests.stores.tortoise import (
     Setting,
@@ -203,7 +204,7 @@ async def test_versions_are_dense_and_writes_return_their_delta(db_url: str) -> 
     """Every commit raises the version by one; each write returns exactly what it wrote, prev = version - 1."""
     async with tortoise_store(db_url, model=Setting) as make, await make(watch=False) as d:
         b = backend_of(d)
-        v0 = await b.version()
+        v0 = (await b.load()).version
         assert b.dense_versions
         assert await b.set("a", b"1") == Delta(version=v0 + 1, changes={"a": b"1"}, prev=v0)
         assert await b.update({"b": b"2", "c": b"3"}) == Delta(v0 + 2, {"b": b"2", "c": b"3"}, prev=v0 + 1)
@@ -213,7 +214,7 @@ async def test_versions_are_dense_and_writes_return_their_delta(db_url: str) -> 
         assert await b.setdefault("n", b"9") == (Delta(v0 + 4, {"n": b"9"}, prev=v0 + 3), b"9")
         assert await b.clear() == Delta(v0 + 5, {"b": None, "c": None, "n": None}, prev=v0 + 4)
         assert await b.clear() == Delta(v0 + 5, full=True)
-        assert await b.version() == v0 + 5
+        assert (await b.load()).version == v0 + 5
         since = await b.changes_since(v0 + 1)
         assert since == Delta(v0 + 5, {"a": None, "b": None, "c": None, "n": None}, prev=v0 + 1)
 
@@ -246,11 +247,11 @@ async def test_pop_of_a_missing_key_writes_nothing(db_url: str) -> None:
     """delete() of an absent key raises KeyError and leaves the version alone."""
     async with tortoise_store(db_url, model=Setting) as make, await make(watch=False) as d:
         await d.set("a", 1)
-        version = await backend_of(d).version()
+        version = (await backend_of(d).load()).version
         with pytest.raises(KeyError):
             await d.delete("missing")
         assert await d.pop("missing", "dflt") == "dflt"
-        assert await backend_of(d).version() == version
+        assert (await backend_of(d).load()).version == version
 
 
 # -- model columns -------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ async def test_nul_characters(db_url: str) -> None:
                 await d.set("a\x00b", 1)
             with pytest.raises(EncodeError):
                 await raw.set("nul", b'"x\x00y"')
-            assert await backend_of(d).version() == 0
+            assert (await backend_of(d).load()).version == 0
 
 
 def test_model_columns_are_checked() -> None:
@@ -592,14 +593,7 @@ async def test_notify_carries_values_or_just_the_version(tmp_path: Path) -> None
         await make(watch=False) as writer,
     ):
         assert hasattr(backend_of(reader), "subscribe")
-        seen: list[Delta] = []
-        on_notice: Callable[[Delta], None] = reader._on_notice
-
-        def spy(delta: Delta) -> None:
-            seen.append(delta)
-            on_notice(delta)
-
-        reader._on_notice = spy  # type: ignore[method-assign]
+        seen = spy_notices(reader)
         await writer.set("small", 1)
         await writer.set("big", "x" * 20_000)
         await eventually(lambda: "big" in reader.view)

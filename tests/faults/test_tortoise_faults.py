@@ -19,6 +19,7 @@ import pytest
 from aiodurabledict import AsyncDurableDict, BackendError
 from aiodurabledict.backends.tortoise import TortoiseBackend, _Marker
 from aiodurabledict.testing.conformance import Factory, eventually
+from tests.notices import spy_notices
 from tests.servers import MemcachedServer, PostgresServer, ServerError, unavailable
 from tests.stores.tortoise import Setting, tortoise_store
 
@@ -104,7 +105,7 @@ async def converged(reader: AsyncDurableDict[Any], writers: Writers, make: Facto
 async def marker_repaired(d: AsyncDurableDict[Any]) -> None:
     """The marker ends at the database's version (a poll puts it back there)."""
     backend = backend_of(d)
-    truth = await backend.version()
+    truth = (await backend.load()).version
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
     while (await marker_of(d).read())[0] != truth:
@@ -246,14 +247,7 @@ async def test_postgres_restart_under_live_dicts() -> None:
             pytest.fail("the writer never wrote after the restart")
         await eventually(lambda: reader.view.get("after") == 2)
         await eventually(lambda: reader.status.connected)
-        notices: list[Any] = []
-        on_notice = reader._on_notice
-
-        def spy(delta: Any) -> None:
-            notices.append(delta)
-            on_notice(delta)
-
-        reader._on_notice = spy  # type: ignore[method-assign]
+        notices = spy_notices(reader)
         for i in range(5):
             await writer.set(f"k{i}", i)
         await eventually(lambda: reader.version == writer.version)
@@ -272,14 +266,7 @@ async def test_lost_notify_is_caught_by_polling() -> None:
         await make(watch=False) as writer,
     ):
         backend_of(writer)._publish = False
-        notices: list[Any] = []
-        on_notice = reader._on_notice
-
-        def spy(delta: Any) -> None:
-            notices.append(delta)
-            on_notice(delta)
-
-        reader._on_notice = spy  # type: ignore[method-assign]
+        notices = spy_notices(reader)
         for i in range(5):
             await writer.set("k", i)
             await eventually(lambda: reader.view.get("k") == writer.view.get("k"), within=5)
