@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_common_options()],
     )
-    parser.set_defaults(url=os.environ.get(ENV_URL) or DEFAULT_URL, timeout=5.0, debug=False)
+    # No timeout default here: the URL's ?timeout= (else the dict's own default) applies unless given.
+    parser.set_defaults(url=os.environ.get(ENV_URL) or DEFAULT_URL, timeout=None, debug=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], help: str) -> Any:
@@ -185,19 +186,18 @@ def _print(text: str, *, err: bool = False) -> None:
 
 def _positive(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+        return _urls._seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {text!r}") from None
 
 
 def _open(url: str, args: argparse.Namespace, **opts: Any) -> AsyncDurableDict[Any]:
     """An unopened dict on ``url``; the CLI's short-lived commands need no watcher."""
     opts.setdefault("watch", False)
+    if args.timeout is not None:
+        opts["timeout"] = args.timeout
     try:
-        return _urls.open_dict(url, timeout=args.timeout, **opts)
+        return _urls.open_dict(url, **opts)
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
 
@@ -283,7 +283,6 @@ async def _load(args: argparse.Namespace) -> None:
 async def _copy(args: argparse.Namespace) -> None:
     # Bytes as stored: a copy needs no codec, and works for values written with any codec.
     async with _open(args.src, args, codec=RawCodec()) as src, _open(args.dst, args, codec=RawCodec()) as dst:
-        _warn_undecodable(src)
         await _write_all(dst, dict(src.view), args.replace, "SRC_URL")
 
 

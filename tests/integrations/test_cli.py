@@ -307,3 +307,17 @@ def test_a_missing_extra_exits_1_naming_it() -> None:
     assert result.returncode == 1
     assert "pip install 'aiodurabledict[redis]'" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_urls_timeout_holds_unless_the_flag_is_given() -> None:
+    """`?timeout=` in the URL sets the store-call timeout; `--timeout` overrides it only when given."""
+    from aiodurabledict import cli
+
+    parser = cli._parser()
+    for argv, expected in (
+        (["--url", "memory://cli-timeout?timeout=9", "list"], 9.0),
+        (["--url", "memory://cli-timeout?timeout=9", "--timeout", "2", "list"], 2.0),
+        (["--url", "memory://cli-timeout", "list"], 5.0),
+    ):
+        args = parser.parse_args(argv)
+        assert cli._open(args.url, args)._timeout == expected, argv
