@@ -387,7 +387,7 @@ class AsyncDurableDict(Generic[V]):
         its values), ``StaleError`` once the cache has gone unconfirmed longer than ``max_staleness``.
         """
         self._ensure_open()
-        if not (self._live and self._gaps_filled == self._gaps):
+        if not self._sync_is_free():
             try:
                 await self._refresh()
             except BackendError as exc:
@@ -655,6 +655,10 @@ class AsyncDurableDict(Generic[V]):
         self._confirm()
         if not self._watch:
             self._set_live(True)
+
+    def _sync_is_free(self) -> bool:
+        """The watcher follows the store live with no known gap: ``sync()`` needs no round trip."""
+        return self._live and self._gaps_filled == self._gaps
 
     async def _catch_up(self) -> None:
         """Fetch what lost or incomplete notices left out; until then ``sync()`` is not free."""

@@ -44,12 +44,8 @@ log = logging.getLogger("aiodurabledict")
 SYNCED_SCOPE_KEY = "aiodurabledict.synced"
 
 WEBSOCKET_TRY_AGAIN_LATER = 1013
-_STALE_BODY = json.dumps(
-    {
-        "error": "stale",
-        "detail": "Settings are temporarily unavailable: their store has been unreachable for too long.",
-    }
-).encode()
+STALE_DETAIL = "Settings are temporarily unavailable: their store has been unreachable for too long."
+_STALE_BODY = json.dumps({"error": "stale", "detail": STALE_DETAIL}).encode()
 
 
 class SyncMiddleware:
@@ -102,12 +98,18 @@ class SyncMiddleware:
             await self.app(scope, receive, send)
 
     async def _sync(self) -> StaleError | None:
-        """Sync every dict (at once when there are several); a ``StaleError``, or ``None`` to go on."""
-        if len(self.dicts) == 1:
-            stale = await _sync_one(self.dicts[0])
-        else:
-            outcomes = await asyncio.gather(*map(_sync_one, self.dicts))
-            stale = next((s for s in outcomes if s is not None), None)
+        """Sync every dict; a ``StaleError``, or ``None`` to go on.
+
+        Syncs that cost nothing (a live watcher) run in turn; those that need the store run at once.
+        """
+        free = [d._sync_is_free() for d in self.dicts]
+        waiting = [d for d, f in zip(self.dicts, free, strict=True) if not f]
+        outcomes = [await _sync_one(d) for d, f in zip(self.dicts, free, strict=True) if f]
+        if len(waiting) == 1:
+            outcomes.append(await _sync_one(waiting[0]))
+        elif waiting:
+            outcomes += await asyncio.gather(*map(_sync_one, waiting))
+        stale = next((s for s in outcomes if s is not None), None)
         if stale is None:
             self._stale_reported = False
         elif not self._stale_reported:

@@ -13,7 +13,6 @@ Together with ``SyncMiddleware`` (or ``lifespan``) from ``aiodurabledict.asgi``,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -21,14 +20,20 @@ from fastapi import HTTPException
 from starlette.requests import HTTPConnection
 
 from ._dict import AsyncDurableDict
-from .asgi import SYNCED_SCOPE_KEY, ChangeCallback, SyncMiddleware, follow_changes, lifespan, open_all
-from .errors import BackendError, StaleError
+from .asgi import (
+    STALE_DETAIL,
+    SYNCED_SCOPE_KEY,
+    ChangeCallback,
+    SyncMiddleware,
+    _sync_one,
+    follow_changes,
+    lifespan,
+    open_all,
+)
 
 __all__ = ["ChangeCallback", "SyncMiddleware", "follow_changes", "lifespan", "open_all", "settings_view"]
 
 V = TypeVar("V")
-
-log = logging.getLogger("aiodurabledict")
 
 
 def settings_view(d: AsyncDurableDict[V]) -> Callable[[HTTPConnection], Awaitable[Mapping[str, V]]]:
@@ -42,16 +47,11 @@ def settings_view(d: AsyncDurableDict[V]) -> Callable[[HTTPConnection], Awaitabl
 
     async def dependency(connection: HTTPConnection) -> Mapping[str, V]:
         if id(d) not in connection.scope.get(SYNCED_SCOPE_KEY, ()):
-            try:
-                await d.sync()
-            except StaleError as exc:
+            stale = await _sync_one(d)
+            if stale is not None:
                 raise HTTPException(
-                    status_code=503,
-                    detail="Settings are temporarily unavailable: their store has been unreachable for too long.",
-                    headers={"Retry-After": "1"},
-                ) from exc
-            except BackendError as exc:
-                log.debug("request runs on cached values: %s", exc)
+                    status_code=503, detail=STALE_DETAIL, headers={"Retry-After": "1"}
+                ) from stale
         return d.view
 
     dependency.__name__ = f"settings_view_{id(d):x}"

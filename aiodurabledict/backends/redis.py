@@ -369,16 +369,15 @@ class RedisBackend:
 
     async def start(self) -> None:
         """Make sure the scripts are loaded (one small round trip), so that each write is one more."""
-        with map_exceptions(RedisError, OSError, message="cannot reach Redis"):
-            if isinstance(self.client, Redis):
-                scripts = list(_SCRIPTS.values())
-                loaded = await self.client.script_exists(*(script.sha for script in scripts))
-                missing = [script for script, there in zip(scripts, loaded, strict=True) if not there]
-                if missing:
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for script in missing:
-                            pipe.script_load(script.source)
-                        await pipe.execute()
+        if isinstance(self.client, Redis):
+            scripts = list(_SCRIPTS.values())
+            loaded = await self.client.script_exists(*(script.sha for script in scripts))
+            missing = [script for script, there in zip(scripts, loaded, strict=True) if not there]
+            if missing:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for script in missing:
+                        pipe.script_load(script.source)
+                    await pipe.execute()
 
     async def aclose(self) -> None:
         """Close the client only when this backend owns it."""
@@ -389,18 +388,18 @@ class RedisBackend:
 
     async def load(self) -> Delta:
         """Version and every entry, read atomically in one round trip."""
-        with map_exceptions(RedisError, OSError, message="cannot load from Redis"):
-            if isinstance(self.client, Redis) and not _decodes_responses(self.client):
-                async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.get(self.version_key)
-                    pipe.hgetall(self.data_key)
-                    version, content = await pipe.execute()
-                return Delta(
-                    version=int(version or 0),
-                    changes={k.decode("utf-8", "surrogateescape"): v for k, v in content.items()},
-                    full=True,
-                )
-            version, flat = await self._run("load")
+        if isinstance(self.client, Redis) and not _decodes_responses(self.client):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.version_key)
+                pipe.hgetall(self.data_key)
+                version, content = await pipe.execute()
+            return Delta(
+                version=int(version or 0),
+                # _key() inlined: this loop runs once per key of the whole dict.
+                changes={k.decode("utf-8", "surrogateescape"): v for k, v in content.items()},
+                full=True,
+            )
+        version, flat = await self._run("load")
         return Delta(
             version=int(version),
             changes={_key(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)},
@@ -460,10 +459,9 @@ class RedisBackend:
 
     async def _run(self, name: str, *args: bytes | int) -> Any:
         limit = self.notice_value_limit if self._publish else -1
-        with map_exceptions(RedisError, OSError, message="Redis failed"):
-            return await _SCRIPTS[name](
-                self.client, self._keys, (self.channel, limit, self.tombstone_limit, *args)
-            )
+        return await _SCRIPTS[name](
+            self.client, self._keys, (self.channel, limit, self.tombstone_limit, *args)
+        )
 
     # -- notices ----------------------------------------------------------------------------------
 

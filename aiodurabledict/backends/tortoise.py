@@ -63,6 +63,7 @@ from tortoise.context import TortoiseContext, get_current_context
 
 from .._backend import Delta
 from .._dict import AsyncDurableDict
+from .._urls import DEFAULT_KEYSPACE
 from ..errors import BackendError, EncodeError, InvalidKeyError, map_exceptions
 from .tortoise_models import ENTRY_KEY_LENGTH, DictChange, DictVersion, DurableEntry
 
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelDict", "TortoiseBackend", "open_url_dict"]
 
-DEFAULT_KEYSPACE = "default"
 #: Longest key for a text key column without ``max_length``, in UTF-8 bytes (index entries are bounded).
 TEXT_KEY_BYTES = 1024
 #: NOTIFY payloads must stay under 8000 bytes; larger changes are announced by version only.
@@ -601,14 +601,10 @@ class TortoiseBackend:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Find the connection, create the library's tables if missing, and this dict's version row."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.aclose()
-            raise
+        """Find the connection, create the library's tables if missing, and this dict's version row.
 
-    async def _start(self) -> None:
+        On failure the dict calls ``aclose()``, which releases what was made.
+        """
         with map_exceptions(message="cannot prepare the database"):
             if self._owned_url is not None and self._owned is None:
                 self._owned = _client_for_url(self._owned_url)
@@ -798,9 +794,8 @@ class TortoiseBackend:
     async def load(self) -> Delta:
         """Every entry and the version, read by one statement (one snapshot)."""
         assert self._sql is not None
-        with map_exceptions():
-            async with self._session() as s:
-                rows = await s.fetch(self._sql.load, self._scope(self._name))
+        async with self._session() as s:
+            rows = await s.fetch(self._sql.load, self._scope(self._name))
         if not rows:
             raise BackendError(f"the version row of dict {self._name!r} is missing")
         out = self._out
@@ -821,9 +816,8 @@ class TortoiseBackend:
                 seen, token = await marker.read()
                 if seen is not None and seen == version:
                     return Delta(version=version, prev=version)
-        with map_exceptions():
-            async with self._session() as s:
-                rows = await s.fetch(self._sql.since, self._scope(self._name, version))
+        async with self._session() as s:
+            rows = await s.fetch(self._sql.since, self._scope(self._name, version))
         if not rows:
             raise BackendError(f"the version row of dict {self._name!r} is missing")
         current, horizon = int(rows[0][0]), int(rows[0][1])
@@ -908,14 +902,13 @@ class TortoiseBackend:
         """Upsert one row (on PostgreSQL in one statement: one round trip)."""
         assert self._sql is not None
         stored = self._in(key, value)
-        with map_exceptions():
-            if self._dialect == "postgres":
-                version = await self._set_in_one_statement(key, value, stored)
-            else:
-                async with self._session(write=True) as s:
-                    version = await self._begin(s)
-                    await s.execute(self._sql.upsert, self._scope(key, stored))
-                    await self._log(s, version, {key: value})
+        if self._dialect == "postgres":
+            version = await self._set_in_one_statement(key, value, stored)
+        else:
+            async with self._session(write=True) as s:
+                version = await self._begin(s)
+                await s.execute(self._sql.upsert, self._scope(key, stored))
+                await self._log(s, version, {key: value})
         return await self._after(Delta(version=version, changes={key: value}, prev=version - 1))
 
     async def _set_in_one_statement(self, key: str, value: bytes, stored: Any) -> int:
@@ -942,32 +935,30 @@ class TortoiseBackend:
         """Upsert every row in one transaction."""
         assert self._sql is not None
         rows = [self._scope(key, self._in(key, value)) for key, value in items.items()]
-        with map_exceptions():
-            async with self._session(write=True) as s:
-                version = await self._begin(s)
-                await s.executemany(self._sql.upsert, rows)
-                await self._log(s, version, items)
+        async with self._session(write=True) as s:
+            version = await self._begin(s)
+            await s.executemany(self._sql.upsert, rows)
+            await self._log(s, version, items)
         return await self._after(Delta(version=version, changes=dict(items), prev=version - 1))
 
     async def pop(self, key: str) -> tuple[Delta, bytes] | None:
         """Delete one row and return its value; ``None`` (nothing committed) when it is absent."""
         assert self._sql is not None
         self._in(key)
-        with map_exceptions():
-            try:
-                async with self._session(write=True) as s:
-                    version = await self._begin(s)
-                    if self._my is not None:
-                        rows = await s.fetch(self._my.get_locked, self._scope(key))
-                    else:
-                        rows = await s.fetch(self._sql.delete, self._scope(key))
-                    if not rows or rows[0][0] is None:
-                        raise _NothingWritten
-                    if self._my is not None:
-                        await s.execute(self._my.delete, self._scope(key))
-                    await self._log(s, version, {key: None})
-            except _NothingWritten:
-                return None
+        try:
+            async with self._session(write=True) as s:
+                version = await self._begin(s)
+                if self._my is not None:
+                    rows = await s.fetch(self._my.get_locked, self._scope(key))
+                else:
+                    rows = await s.fetch(self._sql.delete, self._scope(key))
+                if not rows or rows[0][0] is None:
+                    raise _NothingWritten
+                if self._my is not None:
+                    await s.execute(self._my.delete, self._scope(key))
+                await self._log(s, version, {key: None})
+        except _NothingWritten:
+            return None
         delta = await self._after(Delta(version=version, changes={key: None}, prev=version - 1))
         return delta, self._out(rows[0][0])
 
@@ -976,49 +967,47 @@ class TortoiseBackend:
         assert self._sql is not None
         stored = self._in(key, value)
         existing: Any = None
-        with map_exceptions():
-            try:
-                async with self._session(write=True) as s:
-                    version = await self._begin(s)
-                    if self._my is not None:
-                        # Under the version row's lock: no other dict writes in between.
-                        found = await s.fetch(self._my.get_locked, self._scope(key))
-                        if found and found[0][0] is not None:
-                            existing = found[0][0]
-                            raise _NothingWritten
-                        await s.execute(self._my.upsert, self._scope(key, stored))
-                        await self._log(s, version, {key: value})
-                    elif await s.fetch(self._sql.insert_new, self._scope(key, stored)):
-                        await self._log(s, version, {key: value})
-                    else:
-                        # Still under the lock: this is the value as of version - 1.
-                        existing = (await s.fetch(self._sql.get, self._scope(key)))[0][0]
+        try:
+            async with self._session(write=True) as s:
+                version = await self._begin(s)
+                if self._my is not None:
+                    # Under the version row's lock: no other dict writes in between.
+                    found = await s.fetch(self._my.get_locked, self._scope(key))
+                    if found and found[0][0] is not None:
+                        existing = found[0][0]
                         raise _NothingWritten
-            except _NothingWritten:
-                current = self._out(existing)
-                return Delta(version=version - 1, changes={key: current}), current
+                    await s.execute(self._my.upsert, self._scope(key, stored))
+                    await self._log(s, version, {key: value})
+                elif await s.fetch(self._sql.insert_new, self._scope(key, stored)):
+                    await self._log(s, version, {key: value})
+                else:
+                    # Still under the lock: this is the value as of version - 1.
+                    existing = (await s.fetch(self._sql.get, self._scope(key)))[0][0]
+                    raise _NothingWritten
+        except _NothingWritten:
+            current = self._out(existing)
+            return Delta(version=version - 1, changes={key: current}), current
         return await self._after(Delta(version=version, changes={key: value}, prev=version - 1)), value
 
     async def clear(self) -> Delta:
         """Delete every row of the dict in one transaction."""
         assert self._sql is not None
-        with map_exceptions():
-            try:
-                async with self._session(write=True) as s:
-                    version = await self._begin(s)
-                    if self._my is not None:
-                        rows = await s.fetch(self._my.select_locked, self._scope())
-                    else:
-                        rows = await s.fetch(self._sql.clear, self._scope())
-                    if not rows:
-                        raise _NothingWritten
-                    if self._my is not None:
-                        await s.execute(self._my.delete_all, self._scope())
-                    removed: dict[str, bytes | None] = {row[0]: None for row in rows if row[1] is not None}
-                    await self._log(s, version, {row[0]: None for row in rows})
-            except _NothingWritten:
-                # Nothing to remove, and we held the lock: the dict was empty at version - 1.
-                return Delta(version=version - 1, full=True)
+        try:
+            async with self._session(write=True) as s:
+                version = await self._begin(s)
+                if self._my is not None:
+                    rows = await s.fetch(self._my.select_locked, self._scope())
+                else:
+                    rows = await s.fetch(self._sql.clear, self._scope())
+                if not rows:
+                    raise _NothingWritten
+                if self._my is not None:
+                    await s.execute(self._my.delete_all, self._scope())
+                removed: dict[str, bytes | None] = {row[0]: None for row in rows if row[1] is not None}
+                await self._log(s, version, {row[0]: None for row in rows})
+        except _NothingWritten:
+            # Nothing to remove, and we held the lock: the dict was empty at version - 1.
+            return Delta(version=version - 1, full=True)
         return await self._after(Delta(version=version, changes=removed, prev=version - 1))
 
     # -- the marker ------------------------------------------------------------------------------

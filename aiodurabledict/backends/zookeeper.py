@@ -300,6 +300,9 @@ class ZookeeperBackend:
         # (the node's czxid, so that a recreated node's counts are not mistaken for the old ones).
         self._counts: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._written: OrderedDict[int, dict[str, bytes | None]] = OrderedDict()
+        # The log is trimmed beside the writes, never inside one: a write that committed must not
+        # be reported failed because the clean-up after it was slow.
+        self._trimming: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -328,10 +331,14 @@ class ZookeeperBackend:
             raise first
 
     async def aclose(self) -> None:
-        """Close the client when this backend owns it; nothing else runs in the background."""
+        """Stop a log trim under way, and close the client when this backend owns it."""
         if self._closed:
             return
         self._closed = True
+        trimming, self._trimming = self._trimming, None
+        if trimming is not None:
+            trimming.cancel()
+            await asyncio.gather(trimming, return_exceptions=True)
         if self._owns_client:
             await close_client(self._client, self._timeout)
 
@@ -573,7 +580,8 @@ class ZookeeperBackend:
         whole = log_stat.child_version == len(children) and log_stat.created_zxid <= version
         entries = sorted((e for e in children if e.startswith(_ENTRY)), reverse=True)
         if len(entries) > 4 * _LOG_KEEP:
-            await self._trim(entries)
+            # Writers trim; a log this long means they did not (or could not): help, off this path.
+            self._trim_later()
         names: _Names = set()
         newest = 0
         batch = 8
@@ -724,7 +732,7 @@ class ZookeeperBackend:
             self._written.popitem(last=False)
         seq = int(response.responses[-1].path[-10:])
         if seq >= _LOG_KEEP and seq % _TRIM_EVERY == 0:
-            await self._trim_quietly()
+            self._trim_later()
         return Delta(version=zxid, changes=self._keyed(changes), prev=prev)
 
     def _put(self, name: str, value: bytes) -> Any:
@@ -767,12 +775,17 @@ class ZookeeperBackend:
             used += size
         return batches
 
+    def _trim_later(self) -> None:
+        """Start a best-effort trim of the log unless one is under way or the backend is closed."""
+        if not self._closed and (self._trimming is None or self._trimming.done()):
+            self._trimming = asyncio.get_running_loop().create_task(self._trim_quietly())
+
     async def _trim_quietly(self) -> None:
         """Drop the log's oldest entries; best effort, it never fails the write that asked."""
         try:
             entries, _ = await self._children(self._log)
             await self._trim(sorted((e for e in entries if e.startswith(_ENTRY)), reverse=True))
-        except (zkexc.ZKError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort, in the background: log and move on
             log.debug("trimming the change log failed: %s", type(exc).__name__)
 
     async def _trim(self, newest_first: list[str]) -> None:
