@@ -501,11 +501,17 @@ class _Marker:
         except ValueError:
             return None, token
 
-    async def raise_to(self, version: int, attempts: int = 4) -> bool:
-        """Make the marker at least ``version`` (compare-and-swap, so it never goes down)."""
+    async def raise_to(
+        self, version: int, attempts: int = 4, *, known: tuple[int | None, int | None] | None = None
+    ) -> bool:
+        """Make the marker at least ``version`` (compare-and-swap, so it never goes down).
+
+        ``known``: the marker and its cas token as just read, which saves the first read.
+        """
         value = str(version).encode()
         for _ in range(attempts):
-            current, token = await self.read()
+            current, token = known if known is not None else await self.read()
+            known = None
             if current is not None and current >= version:
                 return True
             if token is None:
@@ -811,7 +817,7 @@ class TortoiseBackend:
         token: int | None = None
         if marker is not None:
             if self._owed:
-                await self._pay_marker()
+                await self._raise_marker(self._owed)
             if time.monotonic() < self._confirm_due:
                 seen, token = await marker.read()
                 if seen is not None and seen == version:
@@ -827,7 +833,9 @@ class TortoiseBackend:
                 # Ahead of the database (restored from a backup, or another database's marker).
                 await marker.lower_to(current, token)
             elif seen != current:
-                await self._raise_marker(current)
+                await self._raise_marker(
+                    current, known=None if seen is None and token is None else (seen, token)
+                )
         if version >= current:
             return Delta(version=current, prev=current) if version == current else await self.load()
         if version < horizon:
@@ -1012,18 +1020,16 @@ class TortoiseBackend:
 
     # -- the marker ------------------------------------------------------------------------------
 
-    async def _raise_marker(self, version: int) -> None:
+    async def _raise_marker(
+        self, version: int, *, known: tuple[int | None, int | None] | None = None
+    ) -> None:
         if self._marker is None:
             return
-        if not await self._marker.raise_to(max(version, self._owed)):
+        if not await self._marker.raise_to(max(version, self._owed), known=known):
             # Owed until memcached answers: the next poll or write pays it.
             self._owed = max(self._owed, version)
         else:
             self._owed = 0
-
-    async def _pay_marker(self) -> None:
-        owed, self._owed = self._owed, 0
-        await self._raise_marker(owed)
 
     # -- push (PostgreSQL) -----------------------------------------------------------------------
 
