@@ -20,7 +20,7 @@ from ._backend import Delta
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Backoff", "watch"]
+__all__ = ["Backoff", "first_error", "watch"]
 
 log = logging.getLogger("aiodurabledict")
 
@@ -81,7 +81,7 @@ async def watch(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the watcher must never die; it reports and retries
-            target._set_live(False, _first(exc))
+            target._set_live(False, first_error(exc))
             delay = backoff.next()
             log.info("watcher lost the store (%s); retrying in %.2f s", _describe(exc), delay)
             await asyncio.sleep(delay)
@@ -127,7 +127,7 @@ async def _resyncs(target: _Followed) -> None:
         await target._catch_up()
 
 
-def _first(exc: BaseException) -> BaseException:
+def first_error(exc: BaseException) -> BaseException:
     """The first leaf of an exception group: what actually went wrong."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
@@ -135,5 +135,5 @@ def _first(exc: BaseException) -> BaseException:
 
 
 def _describe(exc: BaseException) -> str:
-    leaf = _first(exc)
+    leaf = first_error(exc)
     return f"{type(leaf).__name__}: {leaf}"

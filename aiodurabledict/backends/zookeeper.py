@@ -51,6 +51,7 @@ from urllib.parse import quote, unquote
 
 from .._backend import Delta
 from .._dict import AsyncDurableDict, V
+from .._watcher import first_error
 from ..errors import BackendError, ValueTooLargeError
 
 try:
@@ -256,10 +257,7 @@ async def _all(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(call) for call in calls]
     except BaseExceptionGroup as failed:
-        error: BaseException = failed
-        while isinstance(error, BaseExceptionGroup) and error.exceptions:
-            error = error.exceptions[0]
-        raise error from None
+        raise first_error(failed) from None
     return [task.result() for task in tasks]
 
 
