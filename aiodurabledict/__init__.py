@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Backend, Delta, PushBackend
+from ._backend import Backend, Delta, PushBackend, new_token
 from ._codecs import Codec, JSONCodec, PickleCodec, RawCodec
 from ._dict import AsyncDurableDict
 from ._types import MISSING, Change, Missing, Status
@@ -60,6 +60,7 @@ __all__ = [
     "Status",
     "ValueTooLargeError",
     "ZookeeperDict",
+    "new_token",
     "open_dict",
 ]
 

@@ -1,31 +1,50 @@
-"""The seam between the dict and a store: bytes in, bytes out, and a version that only grows.
+"""The seam between the dict and a store: bytes in, bytes out, and versions with an identity.
 
-A backend knows nothing of codecs, caches or watchers. It answers five questions (``load``,
-``changes_since`` and the four kinds of write) and, when the store can push, yields notices.
+A backend knows nothing of codecs, caches or watchers. It answers the reads (``load``,
+``changes_since``) and the writes, each with a ``Delta``, and, when the store can push, yields notices.
+
+Every commit raises the store's version and carries a *token*: a random name the writer gives that
+commit (``new_token()``), kept beside the version, in the change log and in notices. A version alone
+cannot tell two histories apart: a store that went back in time (a failover to a lagging replica, a
+restored backup) and moved on reuses version numbers. A token can: a cache compares the store's token
+at its own version with its own and reloads everything when they differ.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "Delta", "PushBackend"]
+__all__ = ["Backend", "Delta", "PushBackend", "new_token"]
+
+
+def new_token() -> str:
+    """A fresh commit token: 16 random hex digits (64 bits), the same for every store."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """What a store says about its content at ``version``.
+    """What a store says about its content at ``version`` (whose commit token is ``token``).
 
-    ``changes`` maps each key to its bytes as of ``version``, or to ``None`` where the key is absent.
+    ``changes`` maps keys to their bytes as of ``version``, or to ``None`` where the key is absent.
+    A delta is one of four kinds:
 
-    - ``full``: ``changes`` is the whole content; a key it lacks is absent from the store.
-    - otherwise ``changes`` holds every key that changed after ``prev`` up to ``version``. ``prev`` is
-      the version this delta starts from, or ``None`` when the backend cannot tell (then the dict
-      applies the values but does not move its version, and a later sync fills any gap).
-    - ``complete=False`` (notices only): the notice says something changed at ``version`` but does
-      not carry the values; the dict fetches them with ``changes_since``.
+    - ``full=True``: ``changes`` is the whole content; a key it lacks is absent from the store.
+    - a *range* (``prev`` is an int): ``changes`` holds every key that changed after ``prev`` up to
+      ``version``, and ``prev_token`` is the store's token at ``prev``. A commit is the range its
+      write made; ``changes_since(v)`` answers the range from ``v`` (``prev == version`` when
+      nothing changed).
+    - a *reading* (``prev is None``): the store held these values at ``version``; nothing was
+      written (what ``setdefault`` found, what ``pop`` found absent, what a failed
+      ``compare_and_set`` found).
+    - ``complete=False`` (notices only): something changed at ``version``; the values must be fetched.
+
+    ``token``/``prev_token`` are ``None`` where the store keeps no identity for that version; the
+    dict then trusts the version alone.
     """
 
     version: int
@@ -33,23 +52,23 @@ class Delta:
     prev: int | None = None
     full: bool = False
     complete: bool = True
+    token: str | None = None
+    prev_token: str | None = None
 
 
 @runtime_checkable
 class Backend(Protocol):
     """A durable store of bytes under string keys.
 
-    Every committed write raises the store's version (an int that only grows) and returns a ``Delta``
-    of exactly what it wrote. ``dense_versions`` says that each commit raises the version by exactly
-    one, so that a notice whose ``prev`` is ahead of the cache reveals a lost notice.
+    Every committed write raises the store's version (an int that only grows within one history),
+    records the token it was given, and returns the ``Delta`` it committed. Writes that change
+    nothing (``pop`` of an absent key, ``setdefault`` of a present one, a failed
+    ``compare_and_set``) return a reading at the version the store answered at.
 
-    Errors: raise ``BackendError`` (``errors.map_exceptions`` builds it) for a failed or unreachable
-    store; the dict wraps anything else a backend raises the same way.
+    Errors: map the store client's own failures, by name, to ``BackendError`` where they arise
+    (``errors.map_exceptions``); the dict also reports ``OSError`` and its own timeouts that way.
+    Anything else a backend raises surfaces unchanged, as the bug it is.
     """
-
-    @property
-    def dense_versions(self) -> bool:
-        """Each commit raises the version by exactly one."""
 
     @property
     def max_key_bytes(self) -> int:
@@ -59,6 +78,11 @@ class Backend(Protocol):
     def max_value_bytes(self) -> int | None:
         """The largest encoded value the store takes; ``None`` for no limit of ours."""
 
+    @property
+    def poll_interval(self) -> float | None:
+        """Seconds between checks this store suggests (polled stores, or a push store's safety net);
+        ``None``: no suggestion (polled stores then check every second)."""
+
     async def start(self) -> None:
         """Prepare what the store needs (scripts, tables); no loading. Called by ``open()``."""
 
@@ -66,21 +90,22 @@ class Backend(Protocol):
         """Release what the backend made itself; never the client the user handed in."""
 
     async def load(self) -> Delta:
-        """The whole content and its version, read atomically, as a ``full`` delta."""
+        """The whole content, its version and token, read atomically, as a ``full`` delta."""
 
     async def changes_since(self, version: int) -> Delta:
-        """Every key changed after ``version``; a ``full`` delta when the store can no longer tell."""
+        """The range after ``version`` with the store's token at ``version`` as ``prev_token``;
+        a ``full`` delta when the store can no longer tell what changed since ``version``."""
 
     async def set(self, key: str, value: bytes) -> Delta:
         """Store ``value`` under ``key``."""
 
-    async def pop(self, key: str) -> tuple[Delta, bytes] | None:
-        """Remove ``key`` and return the bytes it held; ``None`` (nothing written) when absent."""
+    async def pop(self, key: str) -> tuple[Delta, bytes | None]:
+        """Remove ``key``; the commit and the bytes it held, or a reading and ``None`` when absent."""
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
-        """Store ``value`` unless ``key`` exists, atomically; return the bytes now stored.
+        """Store ``value`` unless ``key`` exists, atomically; the delta and the bytes now stored.
 
-        When the key existed, the delta carries its current bytes with ``prev=None``.
+        When the key existed, the delta is a reading of its current bytes.
         """
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
@@ -88,6 +113,12 @@ class Backend(Protocol):
 
     async def clear(self) -> Delta:
         """Remove every key; the delta maps each removed key to ``None``."""
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None
+    ) -> tuple[Delta, bool]:
+        """Atomically: if the stored bytes equal ``expected`` (``None``: absent), store ``new``
+        (``None``: remove). The commit and ``True``, or a reading of the key and ``False``."""
 
 
 @runtime_checkable
@@ -99,4 +130,6 @@ class PushBackend(Backend, Protocol):
 
         Entering returns once the subscription is live, so that the dict can check the version
         right after and miss nothing. A broken subscription raises from iteration (or ends it).
+        Notices are hints: the dict applies one only when it follows the cache's history exactly
+        (its ``prev`` and ``prev_token`` are the cache's), and checks the store for anything else.
         """

@@ -1,134 +1,128 @@
-"""``AsyncDurableDict``: a local cache of a durable store, kept fresh by versioned deltas.
+"""``AsyncDurableDict``: the public API over a ``Cache`` (the values) and a ``Syncer`` (their freshness).
 
-Reads come from one plain dict that changes are applied to in place, so a read costs a dict lookup and
-readers in other threads never see a present key go missing during a reload. Writes go to the store
-first and then into the cache with the version the store gave them; every key remembers that version,
-so a late or older answer can never overwrite a newer value (the cache's version only grows).
+Reads come from one plain dict that changes are applied to in place, so a read costs a dict lookup.
+Writes go to the store first and then into the cache at the version and token the store gave them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import enum
 import os
-import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, Self, overload
 
 from typing_extensions import TypeVar
 
 from ._backend import Backend, Delta
+from ._cache import Cache, ForkedEntries, Items, Keys, Values
 from ._codecs import Codec, JSONCodec
-from ._types import MISSING, Change, Status
-from ._watcher import Backoff, watch
+from ._sync import Syncer
+from ._types import MISSING, Change, Missing, Status
 from .errors import (
     BackendError,
     DecodeError,
-    DurableDictError,
     EncodeError,
     InvalidKeyError,
     NotOpenError,
-    StaleError,
     ValueTooLargeError,
 )
 
-__all__ = ["AsyncDurableDict"]
+__all__ = ["AsyncDurableDict", "State"]
 
 # Unparametrised dicts hold Any, so `MemoryDict()` needs no annotation to type-check.
 V = TypeVar("V", default=Any)
 T = TypeVar("T")
 
-log = logging.getLogger("aiodurabledict")
-
-_NEW, _OPEN, _CLOSED = "new", "open", "closed"
 _NO_DEFAULT: Any = object()
+# Rounds of compare_and_set when the stored bytes decode to the expected value but differ from
+# its encoding (another writer's formatting): the swap is retried against the exact stored bytes.
+_CAS_ROUNDS = 3
 
-# Bumped in a forked child: a dict opened before the fork must not serve a frozen copy there.
-_fork_generation = 0
+
+class State(enum.Enum):
+    """Where a dict is in its life; a closed dict stays closed (make a new one)."""
+
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+# Dicts open in this process: a forked child must not serve their frozen copies.
+_open_dicts: weakref.WeakValueDictionary[int, AsyncDurableDict[Any]] = weakref.WeakValueDictionary()
 
 
 def _after_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
+    for d in list(_open_dicts.values()):
+        d._forked_away()
+    _open_dicts.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)
 
 
-async def _stop(task: asyncio.Task[None], *, tries: int = 20) -> None:
-    """Cancel ``task`` and wait for it, cancelling again if a client library swallowed the first.
-
-    (Python 3.11's ``asyncio.timeout`` can lose a cancellation that races its own deadline.)
-    """
-    for _ in range(tries):
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.5)
-        if task.done():
-            if not task.cancelled() and task.exception() is not None:
-                log.debug("the watcher ended with %r", task.exception())
-            return
-    log.warning("the watcher did not stop after %d cancellations; leaving it behind", tries)
-
-
-class _Cache(dict[str, Any]):
-    """The cache itself; a key whose stored value cannot be decoded raises ``DecodeError`` on lookup."""
-
-    __slots__ = ("bad",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bad: dict[str, str] = {}
-
-    def __missing__(self, key: str) -> Any:
-        reason = self.bad.get(key)
-        if reason is not None:
-            raise DecodeError(key, reason)
-        raise KeyError(key)
-
-
 class _ChangeStream(Generic[V]):
-    """An async iterator over the changes a dict applies, from its creation until the dict closes."""
+    """An async iterator over the changes a cache applies, from its creation until the dict closes."""
 
-    def __init__(self, owner: AsyncDurableDict[V]) -> None:
-        self._owner = owner
+    def __init__(self, cache: Cache, streams: set[_ChangeStream[Any]]) -> None:
+        self._cache = cache
+        self._streams = streams
         self._queue: asyncio.Queue[Change[V] | None] = asyncio.Queue()
-        owner._streams.add(self)
+        self._ended = False
+        cache.listeners.append(self._queue.put_nowait)
+        streams.add(self)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Change[V]:
-        if self._owner._state == _CLOSED and self._queue.empty():
+        if self._ended and self._queue.empty():
             raise StopAsyncIteration
         item = await self._queue.get()
         if item is None:
-            self._owner._streams.discard(self)
+            self._ended = True
             raise StopAsyncIteration
         return item
 
+    def end(self) -> None:
+        """The dict closed: stop after what is queued."""
+        self._detach()
+        self._queue.put_nowait(None)
+
     async def aclose(self) -> None:
         """Stop receiving changes."""
-        self._owner._streams.discard(self)
+        self._detach()
+        self._ended = True
+
+    def _detach(self) -> None:
+        self._streams.discard(self)
+        put = self._queue.put_nowait
+        listeners = self._cache.listeners
+        if put in listeners:
+            listeners.remove(put)
 
 
 class AsyncDurableDict(Generic[V]):
     """A dictionary kept in a durable, shared store and cached in process memory.
 
-    ``backend`` is any object that follows the ``Backend`` protocol (bytes in and out, a version that
-    only grows). Options, all keyword-only:
+    ``backend`` is any object that follows the ``Backend`` protocol. Options, all keyword-only:
 
     - ``codec``: how values become bytes (default ``JSONCodec()``).
-    - ``autosync``: ``await get()`` and ``snapshot()`` sync first (free while the watcher is live).
+    - ``autosync``: ``await get()`` and ``snapshot()`` check the store first; free while a push
+      watcher is live (they may then trail another process's commit by the propagation delay).
     - ``watch``: run a background watcher while open.
-    - ``max_staleness``: seconds the cache may go unconfirmed before ``get``/``sync`` raise ``StaleError``;
-      ``None`` serves the last known values forever.
-    - ``heartbeat``: seconds between the watcher's version checks; bounds how late a frozen store or a
-      lost notice is noticed.
-    - ``poll_interval``: seconds between checks for stores that cannot push (default: the backend's).
-      Given (or suggested by the backend) for a store that pushes, checks still come at least this
-      often, as a safety net for lost notices.
+    - ``max_staleness``: seconds the cache may go unconfirmed before ``get``/``sync`` raise
+      ``StaleError``; ``None`` serves the last known values forever.
+    - ``heartbeat``: seconds between the watcher's checks; bounds how late a frozen store, a lost
+      notice or a store that went back in time is noticed.
+    - ``poll_interval``: seconds between checks for stores that cannot push (default: the
+      backend's, else 1 s). Given (or suggested by the backend) for a store that pushes, checks still
+      come at least this often, as a safety net for lost notices.
     - ``timeout``: seconds any one store call may take before it fails with ``BackendError``.
     """
 
@@ -144,110 +138,152 @@ class AsyncDurableDict(Generic[V]):
         poll_interval: float | None = None,
         timeout: float = 5.0,
     ) -> None:
+        if not isinstance(backend, Backend):
+            missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
+            raise TypeError(f"{type(backend).__name__} is not a Backend: it lacks {', '.join(missing)}")
         for name, value in (("heartbeat", heartbeat), ("timeout", timeout)):
             if not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if max_staleness is not None and not max_staleness > 0:
             raise ValueError(f"max_staleness must be positive or None, not {max_staleness!r}")
-        polled = poll_interval is not None or hasattr(backend, "poll_interval")
-        if poll_interval is None:
-            poll_interval = float(getattr(backend, "poll_interval", 1.0))
-        if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
-        # Where polling is asked for (or the store suggests it) push is an addition: checks keep
-        # coming at least every poll_interval, so a lost notice costs no more than that.
-        self._check_interval = min(heartbeat, poll_interval) if polled else heartbeat
+        suggested = backend.poll_interval
+        polled = poll_interval is not None or suggested is not None
+        interval = poll_interval if poll_interval is not None else suggested if suggested is not None else 1.0
+        if not interval > 0:
+            raise ValueError(f"poll_interval must be positive, not {interval!r}")
         self._backend = backend
         self._codec: Codec = codec if codec is not None else JSONCodec()
         self._autosync = autosync
-        self._watch = watch
-        self._max_staleness = max_staleness
-        self._heartbeat = heartbeat
-        self._poll_interval = poll_interval
         self._timeout = timeout
-        # The watcher's own checks must notice a frozen store quickly, whatever the write timeout.
-        self._check_timeout = min(timeout, max(heartbeat, 1.0))
-        # Keys up to this many characters fit the store's limit whatever their UTF-8 length.
-        self._short_key = backend.max_key_bytes // 4
-
-        self._data = _Cache()
+        self._options = {
+            "timeout": timeout,
+            "heartbeat": heartbeat,
+            "poll_interval": interval,
+            "polled": polled,
+            "max_staleness": max_staleness,
+            "watch": watch,
+        }
+        self._cache = Cache(self._codec)
+        self._data = self._cache.data
         self._view: Mapping[str, V] = MappingProxyType(self._data)
-        self._kver: dict[str, int] = {}
-        self._version = 0
-        self._loaded = False
-        self._state = _NEW
-        self._generation = -1
-        self._watcher: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Task[None] | None = None
-        self._resync_event: asyncio.Event | None = None
-        # Gaps (lost or unplaceable notices) seen and filled: syncing is free only when they match.
-        self._gaps = 0
-        self._gaps_filled = 0
-        self._streams: set[_ChangeStream[V]] = set()
-        self._changes = 0
+        self._sync = self._new_syncer()
+        self._state = State.NEW
+        self._opening: asyncio.Future[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
+        self._close_asked = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()
+        self._forked = False
+        self._streams: set[_ChangeStream[Any]] = set()
         self._changes_seen = 0
 
-        self._live = False
-        self._connected = False
-        self._since = time.time()
-        self._confirmed_at = time.monotonic()
-        self._confirmed_wall = time.time()
-        self._error: str | None = None
-        self._fail_until = 0.0
-        self._last_failure: BackendError | None = None
+    def _new_syncer(self) -> Syncer:
+        return Syncer(self._backend, self._cache, name=self._name(), **self._options)  # type: ignore[arg-type]
+
+    def _name(self) -> str:
+        return f"{type(self).__name__}({self._backend!r})"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> Self:
-        """Load every entry and start the watcher. Opening an open dict does nothing.
+        """Load every entry and start the watcher. Opening an open dict does nothing; concurrent
+        callers share one opening.
 
-        Raises ``BackendError`` when the store cannot be reached; the dict then stays closed.
+        Raises ``BackendError`` when the store cannot be reached (the dict may be opened again),
+        ``NotOpenError`` when it was closed (a closed dict stays closed).
         """
-        if self._state == _OPEN:
+        if self._state is State.OPEN:
             self._ensure_open()
             return self
-        self._reset()
+        if self._state is State.OPENING:
+            assert self._opening is not None
+            await asyncio.shield(self._opening)
+            self._ensure_open()
+            return self
+        if self._state is not State.NEW:
+            raise NotOpenError(f"{type(self).__name__} was closed; a closed dict cannot be opened again")
+        self._state = State.OPENING
+        loop = self._loop = asyncio.get_running_loop()
+        opening = self._opening = loop.create_future()
         try:
-            await self._call(self._backend.start(), self._timeout)
-            delta = await self._call(self._backend.load(), self._timeout)
-        except BaseException:
-            # Whatever the backend made (an owned client, a connection) must not outlive a failed open.
-            await self._backend.aclose()
+            await self._open()
+        except BaseException as exc:
+            self._state = State.CLOSED if self._close_asked else State.NEW
+            if isinstance(exc, asyncio.CancelledError):
+                opening.cancel()
+            else:
+                opening.set_exception(exc)
+                opening.exception()  # retrieved: another opener may or may not be waiting
             raise
-        self._apply(delta)
-        self._confirm()
-        self._generation = _fork_generation
-        self._state = _OPEN
-        self._set_live(not self._watch)
-        if self._watch:
-            self._watcher = asyncio.create_task(
-                watch(
-                    self,
-                    getattr(self._backend, "subscribe", None),
-                    heartbeat=self._check_interval,
-                    poll_interval=self._poll_interval,
-                    backoff=Backoff(cap=max(1.0, min(5.0, self._heartbeat * 2))),
-                ),
-                name=f"aiodurabledict watcher {self!r}",
-            )
+        opening.set_result(None)
         return self
 
+    async def _open(self) -> None:
+        self._cache.reset()
+        sync = self._sync = self._new_syncer()
+        try:
+            await sync.call(self._backend.start(), self._timeout)
+            delta = await sync.call(self._backend.load(), self._timeout)
+            if self._close_asked:
+                raise NotOpenError(f"{type(self).__name__} was closed while it was opening")
+        except BaseException:
+            # Whatever the backend made (an owned client, a connection) must not outlive a failed open.
+            await asyncio.shield(self._release())
+            raise
+        self._cache.apply(delta)
+        sync.confirmed()
+        self._state = State.OPEN
+        _open_dicts[id(self)] = self
+        if sync.watch:
+            sync.start_watcher()
+        else:
+            sync.went_live()
+
+    async def _release(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._backend.aclose()
+        except Exception as exc:  # noqa: BLE001 - releasing after a failure must not hide that failure
+            warnings.warn(f"releasing {self!r} failed: {exc!r}", ResourceWarning, stacklevel=2)
+
     async def aclose(self) -> None:
-        """Stop the watcher and release what the dict made; the user's client stays open. Idempotent."""
-        if self._state != _OPEN:
+        """Stop the watcher and release what the dict made; the user's client stays open. Idempotent.
+
+        Called while ``open()`` runs in another task, it waits for it and leaves the dict closed
+        (``open()`` then raises ``NotOpenError``). In a forked child it only forgets the dict.
+        """
+        state = self._state
+        if state is State.NEW:
+            self._state = State.CLOSED
             return
-        self._state = _CLOSED
-        self._set_live(False)
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            await _stop(watcher)
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await _stop(inflight)
-        for stream in list(self._streams):
-            stream._queue.put_nowait(None)
-        self._streams.clear()
-        await self._backend.aclose()
+        if state is State.OPENING:
+            self._close_asked = True
+            assert self._opening is not None
+            await asyncio.wait([self._opening])
+            if self._state is State.OPEN:
+                await self.aclose()
+            return
+        if state is State.CLOSING:
+            assert self._closing is not None
+            await asyncio.wait([self._closing])
+            return
+        if state is State.CLOSED:
+            return
+        self._state = State.CLOSING
+        closing = self._closing = asyncio.get_running_loop().create_future()
+        sync = self._sync
+        sync.closed = f"{type(self).__name__} is closed"
+        _open_dicts.pop(id(self), None)
+        try:
+            if not self._forked:
+                await sync.stop_watcher()
+            for stream in list(self._streams):
+                stream.end()
+            if not self._forked:
+                await self._backend.aclose()
+        finally:
+            self._state = State.CLOSED
+            closing.set_result(None)
 
     close = aclose
 
@@ -258,29 +294,24 @@ class AsyncDurableDict(Generic[V]):
         await self.aclose()
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) == _OPEN and self._generation == _fork_generation:
+        if getattr(self, "_state", None) is State.OPEN and not self._forked and self._pid == os.getpid():
             warnings.warn(f"{self!r} was never closed", ResourceWarning, stacklevel=1, source=self)
+            self._sync.abandon()
 
-    def _reset(self) -> None:
-        self._data.clear()
-        self._data.bad.clear()
-        self._kver.clear()
-        self._version = 0
-        self._loaded = False
-        self._watcher = None
-        self._inflight = None
-        self._resync_event = asyncio.Event()
-        self._gaps = self._gaps_filled = 0
-        self._fail_until = 0.0
-        self._last_failure = None
+    def _forked_away(self) -> None:
+        """In a forked child: refuse every read and call; touch nothing the parent's clients own."""
+        self._forked = True
+        self._sync.closed = ForkedEntries.reason
+        self._data.__class__ = ForkedEntries
 
     def _ensure_open(self) -> None:
-        if self._state != _OPEN:
-            what = "closed" if self._state == _CLOSED else "not open yet"
+        if self._state is not State.OPEN:
+            what = "closed" if self._state in (State.CLOSING, State.CLOSED) else "not open yet"
             raise NotOpenError(f"{type(self).__name__} is {what}: use `async with` or `await d.open()`")
-        if self._generation != _fork_generation:
+        self._sync.ensure_usable()
+        if asyncio.get_running_loop() is not self._loop:
             raise NotOpenError(
-                f"{type(self).__name__} was opened in a parent process; open a new dict after the fork"
+                f"{type(self).__name__} was opened in another event loop; open a new dict in this one"
             )
 
     # -- the awaitable API -------------------------------------------------------------------------
@@ -292,18 +323,21 @@ class AsyncDurableDict(Generic[V]):
     async def get(self, key: str, default: T) -> V | T: ...
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The value under ``key``, or ``default``; syncs first when ``autosync``.
+        """The value under ``key``, or ``default``; checks the store first when ``autosync``.
 
         Raises ``DecodeError`` when the stored value cannot be decoded, ``StaleError`` past
-        ``max_staleness``, ``NotOpenError`` when not open.
+        ``max_staleness``, ``NotOpenError`` when not open, ``InvalidKeyError`` for a key no store
+        could hold.
         """
-        if self._live and self._gaps_filled == self._gaps and self._generation == _fork_generation:
-            # The hot path: the watcher keeps the cache current, so this is a dict lookup.
-            if type(key) is not str or not key or len(key) > self._short_key:
+        if self._sync.free:
+            # The hot path: a push watcher keeps the cache current, so this is a dict lookup.
+            try:
+                return self._data[key]
+            except KeyError:
                 self._check_key(key)
-        else:
-            self._check_key(key)
-            await self._autosync_quietly()
+                return default
+        self._check_key(key)
+        await self._autosync_quietly()
         try:
             return self._data[key]
         except KeyError:
@@ -313,12 +347,13 @@ class AsyncDurableDict(Generic[V]):
         """Write ``value`` durably, then into the cache as the codec round-trips it.
 
         Raises ``EncodeError``/``ValueTooLargeError`` before anything is sent, ``BackendError`` when
-        the store fails (the cache is then unchanged).
+        the store fails (the cache is then unchanged; after a timeout the write may still have
+        committed).
         """
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, value)
-        await self._commit(await self._call(self._backend.set(key, raw), self._timeout))
+        await self._place(await self._call(self._backend.set(key, raw)))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; ``KeyError`` if it is absent from the store."""
@@ -334,16 +369,12 @@ class AsyncDurableDict(Generic[V]):
         """Remove ``key`` and return its value; ``default`` (even a falsy one) or ``KeyError`` if absent."""
         self._ensure_open()
         self._check_key(key)
-        result = await self._call(self._backend.pop(key), self._timeout)
-        if result is None:
-            # Absent in the store: forget any copy the cache still held.
-            if key in self._data or key in self._data.bad:
-                self._put(key, None, self._version)
+        delta, old = await self._call(self._backend.pop(key))
+        await self._place(delta)
+        if old is None:
             if default is _NO_DEFAULT:
                 raise KeyError(key)
             return default
-        delta, old = result
-        await self._commit(delta)
         return self._decode(key, old)
 
     async def setdefault(self, key: str, default: V | None = None) -> V:
@@ -354,8 +385,8 @@ class AsyncDurableDict(Generic[V]):
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, default)
-        delta, stored = await self._call(self._backend.setdefault(key, raw), self._timeout)
-        await self._commit(delta)
+        delta, stored = await self._call(self._backend.setdefault(key, raw))
+        await self._place(delta)
         value: V = self._decode(key, stored)
         return value
 
@@ -372,39 +403,73 @@ class AsyncDurableDict(Generic[V]):
             self._check_key(key)
             items[key] = self._encode(key, value)
         if items:
-            await self._commit(await self._call(self._backend.update(items), self._timeout))
+            await self._place(await self._call(self._backend.update(items)))
 
     async def clear(self) -> None:
         """Remove every entry."""
         self._ensure_open()
-        await self._commit(await self._call(self._backend.clear(), self._timeout))
+        await self._place(await self._call(self._backend.clear()))
 
-    async def sync(self) -> bool:
-        """Bring the cache up to the store; ``True`` when anything changed since the last ``sync()``.
+    async def compare_and_set(self, key: str, expected: V | Missing, new: V | Missing) -> bool:
+        """Atomically store ``new`` if the stored value equals ``expected``; ``True`` if it did.
 
-        Free while the watcher follows the store live; otherwise one round trip, shared by every
-        concurrent caller. Raises ``BackendError`` when the store cannot be reached (the cache keeps
-        its values), ``StaleError`` once the cache has gone unconfirmed longer than ``max_staleness``.
+        ``MISSING`` as ``expected`` means "only if absent", as ``new`` "remove". Values are compared
+        as the codec decodes them: bytes written with another formatting of an equal value match.
+        The cache shows the store's value when this returns, swapped or not.
         """
         self._ensure_open()
-        if not self._sync_is_free():
+        self._check_key(key)
+        expected_raw = None if expected is MISSING else self._encode(key, expected)
+        new_raw = None if new is MISSING else self._encode(key, new)
+        for _ in range(_CAS_ROUNDS):
+            delta, swapped = await self._call(self._backend.compare_and_set(key, expected_raw, new_raw))
+            await self._place(delta)
+            if swapped:
+                return True
+            current = delta.changes.get(key)
+            if expected is MISSING or current is None or current == expected_raw:
+                return False
             try:
-                await self._refresh()
+                found = self._codec.decode(current)
+            except Exception:  # noqa: BLE001 - undecodable bytes equal no value
+                return False
+            if type(found) is not type(expected) or found != expected:
+                return False
+            expected_raw = current
+        return False
+
+    async def sync(self, *, strict: bool = True) -> bool:
+        """Bring the cache up to the store: when this returns, every commit that completed before it
+        was called is in the cache. ``True`` when anything changed since the last ``sync()``.
+
+        Costs one version check when nothing changed, shared with concurrent callers whose check
+        was not yet sent. ``strict=False`` skips the check while the dict is ``live`` (it may then
+        trail another process's commit by the propagation delay). Raises ``BackendError`` when the
+        store cannot be reached (the cache keeps its values), ``StaleError`` once the cache has gone
+        unconfirmed longer than ``max_staleness``.
+        """
+        self._ensure_open()
+        sync = self._sync
+        if strict or not sync.free:
+            try:
+                await sync.check()
             except BackendError as exc:
-                self._raise_if_stale(exc)
+                self._ensure_open()
+                sync.raise_if_stale(exc)
                 raise
-        changed = self._changes != self._changes_seen
-        self._changes_seen = self._changes
+        changes = self._cache.changes
+        changed = changes != self._changes_seen
+        self._changes_seen = changes
         return changed
 
     async def snapshot(self) -> dict[str, V]:
-        """A consistent copy of the cache (undecodable entries left out), synced first when ``autosync``."""
+        """A consistent copy of the cache (undecodable entries left out), checked first when ``autosync``."""
         await self._autosync_quietly()
         return dict(self._data)
 
     def changes(self) -> AsyncIterator[Change[V]]:
         """Every change the cache applies from now on (local and remote writes), until the dict closes."""
-        return _ChangeStream(self)
+        return _ChangeStream(self._cache, self._streams)
 
     # -- the synchronous cached view -----------------------------------------------------------------
 
@@ -421,6 +486,18 @@ class AsyncDurableDict(Generic[V]):
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._data))
 
+    def keys(self) -> Keys:
+        """The keys, set-like; iterating takes a snapshot, so awaiting inside the loop is safe."""
+        return Keys(self._data)
+
+    def values(self) -> Values:
+        """The values (undecodable entries left out), iterated over a snapshot."""
+        return Values(self._data)
+
+    def items(self) -> Items:
+        """The ``(key, value)`` pairs (undecodable entries left out), iterated over a snapshot."""
+        return Items(self._data)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, AsyncDurableDict):
             return dict.__eq__(self._data, other._data)
@@ -436,9 +513,25 @@ class AsyncDurableDict(Generic[V]):
         return self._view
 
     @property
+    def backend(self) -> Backend:
+        """The store behind this dict (its limits, options and counters)."""
+        return self._backend
+
+    @property
+    def live(self) -> bool:
+        """A push watcher follows the store with no known gap: reads trail the store by no more than
+        the propagation delay, and ``sync(strict=False)`` or an autosync read costs nothing."""
+        return self._sync.free
+
+    @property
     def version(self) -> int:
-        """The store version the cache reflects; it only grows."""
-        return self._version
+        """The store version the cache reflects.
+
+        It grows with every change the cache applies, the dict's own writes included. When the store
+        goes back in time (it lost writes, or was restored) the cache reloads and this becomes the
+        store's, lower, version; that is logged as a warning, never silent.
+        """
+        return self._cache.version
 
     @property
     def undecodable(self) -> frozenset[str]:
@@ -448,32 +541,44 @@ class AsyncDurableDict(Generic[V]):
     @property
     def status(self) -> Status:
         """Whether the watcher is connected, and since when the cache may be stale."""
+        sync = self._sync
         return Status(
-            open=self._state == _OPEN,
-            watching=self._watcher is not None and not self._watcher.done(),
-            connected=self._connected,
-            since=self._since,
-            stale_since=None if self._live else self._confirmed_wall,
-            version=self._version,
-            error=self._error,
+            open=self._state is State.OPEN and sync.closed is None,
+            watching=sync.watching,
+            connected=sync.connected and self._state is State.OPEN,
+            since=sync.since,
+            stale_since=None if sync.connected else sync.confirmed_wall,
+            version=self._cache.version,
+            error=sync.error,
         )
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._state} version={self._version} keys={len(self._data)}>"
+        keys = dict.__len__(self._data)
+        return f"<{type(self).__name__} {self._state.value} version={self._cache.version} keys={keys}>"
 
-    # -- internals: calls, keys, codec ----------------------------------------------------------------
+    # -- internals ---------------------------------------------------------------------------------
 
-    async def _call(self, aw: Awaitable[T], timeout: float) -> T:
-        """Await one backend call, bounded in time, with every failure as ``BackendError``."""
+    async def _call(self, aw: Any) -> Any:
+        """One store call for the application, bounded by ``timeout``; a closed dict says so."""
         try:
-            async with asyncio.timeout(timeout):
-                return await aw
-        except DurableDictError:
+            return await self._sync.call(aw, self._timeout)
+        except BackendError:
+            self._ensure_open()
             raise
-        except TimeoutError as exc:
-            raise BackendError(f"the store did not answer within {timeout:g} s") from exc
-        except Exception as exc:
-            raise BackendError(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _place(self, delta: Delta) -> None:
+        await self._sync.place(delta)
+
+    async def _autosync_quietly(self) -> None:
+        """Check for a read: on failure serve the last known values, unless past ``max_staleness``."""
+        self._ensure_open()
+        if not self._autosync or self._sync.free:
+            return
+        try:
+            await self._sync.check()
+        except BackendError as exc:
+            self._ensure_open()
+            self._sync.raise_if_stale(exc)
 
     def _check_key(self, key: object) -> None:
         if not isinstance(key, str):
@@ -509,211 +614,19 @@ class AsyncDurableDict(Generic[V]):
         except Exception as exc:
             raise DecodeError(key, f"{type(exc).__name__}: {exc}") from exc
 
-    # -- internals: applying deltas -------------------------------------------------------------------
 
-    def _apply(self, delta: Delta) -> None:
-        """Apply what the store said, never moving a key or the cache to an older version."""
-        if self._loaded and delta.version <= self._version:
-            return
-        if delta.full:
-            self._apply_full(delta)
-            return
-        version = delta.version
-        kver = self._kver
-        for key, raw in delta.changes.items():
-            if kver.get(key, -1) >= version:
-                continue
-            kver[key] = version
-            self._put(key, raw, version)
-        if delta.prev is not None and delta.prev <= self._version:
-            self._advance(version)
-
-    async def _commit(self, delta: Delta) -> None:
-        """Apply what one of our writes committed.
-
-        A commit at or below the cache's version means the store went back in time (it lost its
-        latest writes, or was restored): reload, so that this write and the store's state show.
-        """
-        if self._loaded and delta.prev is not None and delta.version <= self._version:
-            await self._refresh_once(self._timeout)
-        else:
-            self._apply(delta)
-
-    def _rewind(self, delta: Delta) -> None:
-        """Take the store's whole content at an older version: the store itself went back."""
-        log.warning(
-            "the store went back from version %d to %d (it lost writes or was restored); reloaded",
-            self._version,
-            delta.version,
-        )
-        self._kver.clear()
-        self._version = delta.version
-        self._apply_full(delta)
-
-    def _apply_full(self, delta: Delta) -> None:
-        version = delta.version
-        kver = self._kver
-        data = self._data
-        if not self._loaded and not data and not data.bad and not self._streams:
-            # The first load: nothing to compare, nobody listening; keep it a tight loop.
-            codec = self._codec
-            for key, raw in delta.changes.items():
-                if raw is None:
-                    continue
-                try:
-                    data[key] = codec.decode(raw)
-                except Exception as exc:  # noqa: BLE001 - any codec failure marks the key, not the load
-                    data.bad[key] = f"{type(exc).__name__}: {exc}"
-        else:
-            # Add and replace before removing, so a key present before and after never goes missing.
-            for key, raw in delta.changes.items():
-                if kver.get(key, -1) <= version:
-                    self._put(key, raw, version)
-            gone = [k for k in (*data, *data.bad) if k not in delta.changes]
-            for key in gone:
-                if kver.get(key, -1) <= version:
-                    self._put(key, None, version)
-        self._loaded = True
-        self._advance(version)
-
-    def _advance(self, version: int) -> None:
-        if version > self._version or not self._loaded:
-            self._version = version
-        if self._kver:
-            self._kver = {k: v for k, v in self._kver.items() if v > self._version}
-
-    def _put(self, key: str, raw: bytes | None, version: int) -> None:
-        data = self._data
-        old: Any = data.get(key, MISSING)
-        if raw is None:
-            if old is MISSING and key not in data.bad:
-                return
-            data.pop(key, None)
-            data.bad.pop(key, None)
-            new: Any = MISSING
-        else:
-            try:
-                new = self._codec.decode(raw)
-            except Exception as exc:  # noqa: BLE001 - any codec failure marks the key, not the load
-                # One bad value must not stop the rest: remember why, raise when it is read.
-                data.pop(key, None)
-                data.bad[key] = f"{type(exc).__name__}: {exc}"
-                self._changes += 1
-                return
-            data.bad.pop(key, None)
-            data[key] = new
-            if old is not MISSING and type(old) is type(new) and old == new:
-                return
-        self._changes += 1
-        if self._streams:
-            change: Change[V] = Change(key, old, new, version)
-            for stream in self._streams:
-                stream._queue.put_nowait(change)
-
-    # -- internals: sync, the watcher's side ----------------------------------------------------------
-
-    @property
-    def _resync_needed(self) -> asyncio.Event:
-        assert self._resync_event is not None
-        return self._resync_event
-
-    async def _refresh(self, *, watcher: bool = False) -> None:
-        """One delta sync, shared by every concurrent caller (single flight)."""
-        if not watcher and time.monotonic() < self._fail_until and self._last_failure is not None:
-            # The store failed a moment ago: answer at once instead of piling on.
-            raise BackendError(str(self._last_failure)) from self._last_failure.__cause__
-        task = self._inflight
-        if task is None:
-            task = asyncio.ensure_future(
-                self._refresh_once(self._check_timeout if watcher else self._timeout)
-            )
-            self._inflight = task
-            task.add_done_callback(self._refresh_done)
-        await asyncio.shield(task)
-
-    def _refresh_done(self, task: asyncio.Task[None]) -> None:
-        if self._inflight is task:
-            self._inflight = None
-
-    async def _refresh_once(self, timeout: float) -> None:
-        asked = self._version
-        call = self._backend.changes_since(asked) if self._loaded else self._backend.load()
-        try:
-            delta = await self._call(call, timeout)
-        except BackendError as exc:
-            self._last_failure = exc
-            self._fail_until = time.monotonic() + min(1.0, self._heartbeat)
-            self._error = str(exc)
-            if not self._watch:
-                self._set_live(False, exc)
-            raise
-        if self._loaded and delta.full and delta.version < asked:
-            # Asked for what came after `asked`, the store answered with all it has, older: it went back.
-            self._rewind(delta)
-        else:
-            self._apply(delta)
-        self._confirm()
-        if not self._watch:
-            self._set_live(True)
-
-    def _sync_is_free(self) -> bool:
-        """The watcher follows the store live with no known gap: ``sync()`` needs no round trip."""
-        return self._live and self._gaps_filled == self._gaps
-
-    async def _catch_up(self) -> None:
-        """Fetch what lost or incomplete notices left out; until then ``sync()`` is not free."""
-        seen = self._gaps
-        await self._refresh_once(self._check_timeout)
-        self._gaps_filled = seen
-
-    def _on_notice(self, delta: Delta) -> None:
-        self._confirm()
-        if delta.version <= self._version:
-            return
-        if delta.complete:
-            gap = delta.prev is None or delta.prev > self._version
-            self._apply(delta)
-            if not gap or delta.version <= self._version:
-                return
-        # A notice was lost, cannot be placed, or carries no values: fetch what lies between.
-        self._gaps += 1
-        self._resync_needed.set()
-
-    def _confirm(self) -> None:
-        self._confirmed_at = time.monotonic()
-        self._confirmed_wall = time.time()
-        self._fail_until = 0.0
-        self._last_failure = None
-
-    def _set_live(self, live: bool, error: BaseException | None = None) -> None:
-        self._live = live and self._watch
-        if error is not None:
-            self._error = f"{type(error).__name__}: {error}"
-        elif live:
-            self._error = None
-        if live != self._connected:
-            self._connected = live
-            self._since = time.time()
-
-    def _unconfirmed_for(self) -> float:
-        return 0.0 if self._live else time.monotonic() - self._confirmed_at
-
-    def _raise_if_stale(self, cause: BaseException) -> None:
-        bound = self._max_staleness
-        if bound is not None and self._unconfirmed_for() > bound:
-            raise StaleError(
-                f"the cache has gone unconfirmed for {self._unconfirmed_for():.1f} s "
-                f"(max_staleness={bound:g} s): {cause}"
-            ) from cause
-
-    async def _autosync_quietly(self) -> None:
-        """Sync for a read: on failure serve the last known values, unless past ``max_staleness``."""
-        self._ensure_open()
-        if not self._autosync:
-            return
-        try:
-            await self.sync()
-        except StaleError:
-            raise
-        except BackendError as exc:
-            log.debug("serving cached values: %s", exc)
+_BACKEND_MEMBERS = (
+    "max_key_bytes",
+    "max_value_bytes",
+    "poll_interval",
+    "start",
+    "aclose",
+    "load",
+    "changes_since",
+    "set",
+    "pop",
+    "setdefault",
+    "update",
+    "clear",
+    "compare_and_set",
+)

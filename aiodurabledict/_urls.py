@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._dict import AsyncDurableDict
     from .backends.memory import MemoryStore
 
-__all__ = ["SCHEMES", "open_dict", "redact"]
+__all__ = ["SCHEMES", "open_dict", "optional_seconds", "redact", "seconds"]
 
 SCHEMES = (
     "redis",
@@ -44,15 +44,15 @@ def _bool(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
-def _seconds(value: str) -> float:
+def seconds(value: str) -> float:
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("expected a positive number of seconds")
     return seconds
 
 
-def _optional_seconds(value: str) -> float | None:
-    return None if value.strip().lower() in {"", "none", "null"} else _seconds(value)
+def optional_seconds(value: str) -> float | None:
+    return None if value.strip().lower() in {"", "none", "null"} else seconds(value)
 
 
 def _codec(value: str) -> JSONCodec | RawCodec:
@@ -69,10 +69,10 @@ def _codec(value: str) -> JSONCodec | RawCodec:
 _COMMON: Mapping[str, Callable[[str], Any]] = {
     "autosync": _bool,
     "watch": _bool,
-    "max_staleness": _optional_seconds,
-    "heartbeat": _seconds,
-    "poll_interval": _seconds,
-    "timeout": _seconds,
+    "max_staleness": optional_seconds,
+    "heartbeat": seconds,
+    "poll_interval": seconds,
+    "timeout": seconds,
     "codec": _codec,
 }
 
@@ -95,10 +95,10 @@ _REDIS_PASSTHROUGH = frozenset(
     }
 )
 _ZOOKEEPER_CLIENT_OPTIONS: Mapping[str, Callable[[str], Any]] = {
-    "session_timeout": _seconds,
-    "read_timeout": _seconds,
+    "session_timeout": seconds,
+    "read_timeout": seconds,
 }
-_ZOOKEEPER_DICT_OPTIONS: Mapping[str, Callable[[str], Any]] = {"request_timeout": _seconds}
+_ZOOKEEPER_DICT_OPTIONS: Mapping[str, Callable[[str], Any]] = {"request_timeout": seconds}
 
 _EXTRAS = {
     "redis": "redis",

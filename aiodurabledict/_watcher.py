@@ -1,45 +1,26 @@
-"""The background loop that keeps a dict's cache fresh: follow push notices or poll, with backoff.
+"""The background loop that keeps a cache fresh: follow push notices or poll, with backoff.
 
-With a push backend it subscribes, then checks the version at once (pub/sub drops whatever was sent
-while nobody listened), applies notices as they come and re-checks every heartbeat, so that a frozen
+With a push backend it subscribes, then checks at once (pub/sub drops whatever was sent while nobody
+listened), hands notices to the syncer as they come and checks every heartbeat, so that a frozen
 server or a lost notice is noticed within one heartbeat. Without push it polls. It never raises:
-failures are reported in the dict's status and retried with jittered, capped backoff.
+failures are reported to the syncer and retried with jittered, capped backoff.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from ._backend import Delta
+import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from ._backend import PushBackend
+    from ._sync import Syncer
 
-__all__ = ["Backoff", "first_error", "watch"]
+__all__ = ["Backoff", "SubscriptionEndedError", "describe", "first_error", "watch"]
 
 log = logging.getLogger("aiodurabledict")
-
-
-class _Followed(Protocol):
-    """What the watcher needs of the dict."""
-
-    async def _refresh(self, *, watcher: bool = ...) -> None: ...
-
-    async def _catch_up(self) -> None: ...
-
-    def _on_notice(self, delta: Delta) -> None: ...
-
-    def _set_live(self, live: bool, error: BaseException | None = None) -> None: ...
-
-    def _confirm(self) -> None: ...
-
-    @property
-    def _resync_needed(self) -> asyncio.Event: ...
 
 
 class Backoff:
@@ -64,67 +45,60 @@ class SubscriptionEndedError(Exception):
 
 
 async def watch(
-    target: _Followed,
-    subscribe: Callable[[], AbstractAsyncContextManager[AsyncIterator[Delta]]] | None,
+    syncer: Syncer,
+    push: PushBackend | None,
     *,
     heartbeat: float,
     poll_interval: float,
     backoff: Backoff,
 ) -> None:
-    """Run until cancelled. ``subscribe`` is the backend's push subscription, or ``None`` to poll."""
+    """Run until cancelled: follow ``push`` (the backend, when it pushes) or poll."""
     while True:
         try:
-            if subscribe is None:
-                await _poll(target, poll_interval, backoff)
+            if push is None:
+                await _poll(syncer, poll_interval, backoff)
             else:
-                await _follow(target, subscribe, heartbeat, backoff)
-        except asyncio.CancelledError:
-            raise
+                await _follow(syncer, push, heartbeat, backoff)
         except Exception as exc:  # noqa: BLE001 - the watcher must never die; it reports and retries
-            target._set_live(False, first_error(exc))
+            syncer.lost(first_error(exc))
             delay = backoff.next()
-            log.info("watcher lost the store (%s); retrying in %.2f s", _describe(exc), delay)
-            await asyncio.sleep(delay)
+            log.info("%s: watcher lost the store (%s); retrying in %.2f s", syncer.name, describe(exc), delay)
+            await anyio.sleep(delay)
 
 
-async def _poll(target: _Followed, interval: float, backoff: Backoff) -> None:
+async def _poll(syncer: Syncer, interval: float, backoff: Backoff) -> None:
     while True:
-        await target._refresh(watcher=True)
-        target._set_live(True)
+        await syncer.check(watcher=True)
+        syncer.went_live()
         backoff.reset()
-        await asyncio.sleep(interval)
+        await anyio.sleep(interval)
 
 
-async def _follow(
-    target: _Followed,
-    subscribe: Callable[[], AbstractAsyncContextManager[AsyncIterator[Delta]]],
-    heartbeat: float,
-    backoff: Backoff,
-) -> None:
-    async with subscribe() as notices:
+async def _follow(syncer: Syncer, push: PushBackend, heartbeat: float, backoff: Backoff) -> None:
+    async with push.subscribe() as notices:
         # Whatever was written while we were not subscribed was published to nobody: check now.
-        await target._catch_up()
-        target._set_live(True)
+        await syncer.check(watcher=True)
+        syncer.went_live()
         backoff.reset()
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(_heartbeats(target, heartbeat))
-            tasks.create_task(_resyncs(target))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_heartbeats, syncer, heartbeat)
+            tasks.start_soon(_resyncs, syncer)
             async for notice in notices:
-                target._on_notice(notice)
+                syncer.on_notice(notice)
             raise SubscriptionEndedError("the store ended the subscription")
 
 
-async def _heartbeats(target: _Followed, interval: float) -> None:
+async def _heartbeats(syncer: Syncer, interval: float) -> None:
     while True:
-        await asyncio.sleep(interval)
-        await target._refresh(watcher=True)
+        await anyio.sleep(interval)
+        await syncer.check(watcher=True)
 
 
-async def _resyncs(target: _Followed) -> None:
+async def _resyncs(syncer: Syncer) -> None:
     while True:
-        await target._resync_needed.wait()
-        target._resync_needed.clear()
-        await target._catch_up()
+        await syncer.resync.wait()
+        syncer.resync.clear()
+        await syncer.check(watcher=True)
 
 
 def first_error(exc: BaseException) -> BaseException:
@@ -134,6 +108,7 @@ def first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def _describe(exc: BaseException) -> str:
-    leaf = first_error(exc)
-    return f"{type(leaf).__name__}: {leaf}"
+def describe(exc: BaseException | None) -> str:
+    """``Type: message`` of what actually went wrong (never a value)."""
+    leaf = first_error(exc) if exc is not None else None
+    return "nothing" if leaf is None else f"{type(leaf).__name__}: {leaf}"

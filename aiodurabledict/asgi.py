@@ -51,10 +51,11 @@ _STALE_BODY = json.dumps({"error": "stale", "detail": STALE_DETAIL}).encode()
 class SyncMiddleware:
     """Sync ``dicts`` at the start of every HTTP and WebSocket request; open and close them with the app.
 
-    - Store reachable, no watcher (``watch=False``): the request sees every change committed before
-      it began, for one round trip shared by all the requests waiting on it.
-    - Store reachable, watcher live: the sync is free; the cache trails the store by the watcher's
-      delay (a push notice, or one ``poll_interval`` for stores that cannot push).
+    - ``strict=False`` (default): a dict followed live by a push watcher is not checked (the cache
+      trails the store by the propagation delay); any other dict (a polled store, no watcher, a gap
+      being filled) is checked: the request sees every change committed before it began, for one
+      round trip shared by the requests waiting on it.
+    - ``strict=True``: every dict is checked for every request (read-after-commit per request).
     - Store unreachable: the request runs on the last known values (logged at debug level).
     - A dict's ``max_staleness`` passed: HTTP answers 503 with a JSON body; a WebSocket is refused
       with a 503 where the server supports ASGI's ``websocket.http.response``, else accepted and
@@ -70,13 +71,19 @@ class SyncMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, dicts: Iterable[AsyncDurableDict[Any]], *, lifespan: bool = True
+        self,
+        app: ASGIApp,
+        dicts: Iterable[AsyncDurableDict[Any]],
+        *,
+        lifespan: bool = True,
+        strict: bool = False,
     ) -> None:
         self.app = app
         self.dicts = tuple(dicts)
         if not self.dicts:
             raise ValueError("SyncMiddleware needs at least one dict")
         self.lifespan = lifespan
+        self.strict = strict
         self._ids = frozenset(map(id, self.dicts))
         self._stale_reported = False
 
@@ -100,15 +107,16 @@ class SyncMiddleware:
     async def _sync(self) -> StaleError | None:
         """Sync every dict; a ``StaleError``, or ``None`` to go on.
 
-        Syncs that cost nothing (a live watcher) run in turn; those that need the store run at once.
+        Dicts that need no check are passed at once; those that need the store are checked together.
         """
-        free = [d._sync_is_free() for d in self.dicts]
-        waiting = [d for d, f in zip(self.dicts, free, strict=True) if not f]
-        outcomes = [await _sync_one(d) for d, f in zip(self.dicts, free, strict=True) if f]
-        if len(waiting) == 1:
-            outcomes.append(await _sync_one(waiting[0]))
-        elif waiting:
-            outcomes += await asyncio.gather(*map(_sync_one, waiting))
+        strict = self.strict
+        waiting = [d for d in self.dicts if strict or not d.live]
+        if not waiting:
+            outcomes: list[StaleError | None] = []
+        elif len(waiting) == 1:
+            outcomes = [await sync_for_request(waiting[0], strict=strict)]
+        else:
+            outcomes = await asyncio.gather(*(sync_for_request(d, strict=strict) for d in waiting))
         stale = next((s for s in outcomes if s is not None), None)
         if stale is None:
             self._stale_reported = False
@@ -172,9 +180,11 @@ class SyncMiddleware:
         await close()
 
 
-async def _sync_one(d: AsyncDurableDict[Any]) -> StaleError | None:
+async def sync_for_request(d: AsyncDurableDict[Any], *, strict: bool = False) -> StaleError | None:
+    """Sync ``d`` for a request: ``None`` to go on (on cached values if the store is down), or the
+    ``StaleError`` that must refuse it."""
     try:
-        await d.sync()
+        await d.sync(strict=strict)
     except StaleError as exc:
         return exc
     except BackendError as exc:

@@ -186,7 +186,7 @@ def _print(text: str, *, err: bool = False) -> None:
 
 def _positive(text: str) -> float:
     try:
-        return _urls._seconds(text)
+        return _urls.seconds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}: {text!r}") from None
 

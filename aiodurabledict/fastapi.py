@@ -25,10 +25,10 @@ from .asgi import (
     SYNCED_SCOPE_KEY,
     ChangeCallback,
     SyncMiddleware,
-    _sync_one,
     follow_changes,
     lifespan,
     open_all,
+    sync_for_request,
 )
 
 __all__ = ["ChangeCallback", "SyncMiddleware", "follow_changes", "lifespan", "open_all", "settings_view"]
@@ -36,18 +36,21 @@ __all__ = ["ChangeCallback", "SyncMiddleware", "follow_changes", "lifespan", "op
 V = TypeVar("V")
 
 
-def settings_view(d: AsyncDurableDict[V]) -> Callable[[HTTPConnection], Awaitable[Mapping[str, V]]]:
+def settings_view(
+    d: AsyncDurableDict[V], *, strict: bool = False
+) -> Callable[[HTTPConnection], Awaitable[Mapping[str, V]]]:
     """A dependency giving the handler ``d``'s live, read-only view, synced for this request.
 
-    The sync is skipped when ``SyncMiddleware`` already synced ``d`` for the request; otherwise it
-    costs nothing while a watcher is live and one round trip, shared by concurrent requests, without
-    one. With the store unreachable the handler gets the last known values; past ``max_staleness``
-    the request fails with HTTP 503. Works in HTTP and WebSocket routes.
+    The sync is skipped when ``SyncMiddleware`` already synced ``d`` for the request. Otherwise it
+    costs nothing while ``d`` is followed live by a push watcher (``strict=False``, the default) and
+    one round trip, shared by concurrent requests, in any other case or with ``strict=True``. With
+    the store unreachable the handler gets the last known values; past ``max_staleness`` the request
+    fails with HTTP 503. Works in HTTP and WebSocket routes.
     """
 
     async def dependency(connection: HTTPConnection) -> Mapping[str, V]:
         if id(d) not in connection.scope.get(SYNCED_SCOPE_KEY, ()):
-            stale = await _sync_one(d)
+            stale = await sync_for_request(d, strict=strict)
             if stale is not None:
                 raise HTTPException(
                     status_code=503, detail=STALE_DETAIL, headers={"Retry-After": "1"}

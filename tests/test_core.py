@@ -30,26 +30,31 @@ from aiodurabledict.backends.memory import MemoryBackend
 from aiodurabledict.testing.conformance import eventually
 
 
-async def test_concurrent_syncs_share_one_round_trip() -> None:
-    """1,000 concurrent sync() calls without a watcher make one round trip, not 1,000."""
+async def test_concurrent_syncs_share_checks_sent_after_they_called() -> None:
+    """1,000 concurrent sync() calls make two round trips: the first caller's check, and one more,
+    sent after all the others had called, which they share."""
     store = MemoryStore()
     store.latency = 0.01
     async with MemoryDict(store, watch=False) as d:
         before = store.round_trips
         await asyncio.gather(*(d.sync() for _ in range(1000)))
-        assert store.round_trips - before == 1
+        assert store.round_trips - before == 2
 
 
-async def test_sync_is_free_while_the_watcher_is_live() -> None:
-    """With a live watcher, sync() and autosync get() make no round trip at all."""
+async def test_reads_are_free_while_the_watcher_is_live_and_sync_checks() -> None:
+    """With a live push watcher, autosync get() and sync(strict=False) make no round trip; sync()
+    (read-after-commit) makes exactly one each."""
     store = MemoryStore()
     async with MemoryDict(store, heartbeat=60) as d:
-        await eventually(lambda: d.status.connected)
+        await eventually(lambda: d.live)
         before = store.round_trips
         for _ in range(100):
-            await d.sync()
+            await d.sync(strict=False)
             await d.get("k")
         assert store.round_trips == before
+        for _ in range(10):
+            await d.sync()
+        assert store.round_trips == before + 10
 
 
 async def test_unchanged_sync_costs_one_round_trip_without_watcher() -> None:
@@ -87,30 +92,18 @@ async def test_a_gap_in_notices_triggers_a_delta_sync() -> None:
         await eventually(lambda: reader == {"lost": 1, "seen": 2}, within=5)
 
 
-async def test_older_answers_never_overwrite_newer_values() -> None:
-    """A delta older than what the cache holds is ignored; a key keeps its newest value."""
-    store = MemoryStore()
-    async with MemoryDict(store, watch=False) as d:
-        await d.set("k", "new")
-        version = d.version
-        d._apply(Delta(version - 1, {"k": b'"old"'}, prev=version - 2))
-        d._apply(Delta(version, {"k": b'"same version"'}, prev=version - 1))
-        d._apply(Delta(version - 1, {"k": b'"full but old"'}, full=True))
-        assert d["k"] == "new"
-        assert d.version == version
-
-
-async def test_a_write_ahead_of_the_cache_keeps_its_value() -> None:
-    """Our write lands at a version past unseen ones: its value survives the catch-up of the others."""
+async def test_a_write_ahead_of_the_cache_shows_with_everything_before_it() -> None:
+    """Our write lands past versions the cache has not seen: set() checks the store before it
+    returns, so the cache shows the write and what came before it, at the write's version."""
     store = MemoryStore()
     async with MemoryDict(store, watch=False) as a, MemoryDict(store, watch=False) as b:
         await b.set("k", "from b")
         await b.set("other", 1)
+        before = store.round_trips
         await a.set("k", "from a")
-        assert a["k"] == "from a"
-        assert "other" not in a
-        await a.sync()
+        assert store.round_trips - before == 2
         assert a == {"k": "from a", "other": 1}
+        assert a.version == store.version
 
 
 async def test_a_store_that_went_back_in_time_is_followed() -> None:
@@ -304,7 +297,6 @@ async def test_a_backend_of_ones_own() -> None:
     """Any object with the backend protocol works behind AsyncDurableDict, polled when it cannot push."""
 
     class Polled:
-        dense_versions = True
         max_key_bytes = 100
         max_value_bytes = 1000
         poll_interval = 0.05
@@ -325,7 +317,7 @@ async def test_a_backend_of_ones_own() -> None:
         async def set(self, key: str, value: bytes) -> Delta:
             return await self.inner.set(key, value)
 
-        async def pop(self, key: str) -> tuple[Delta, bytes] | None:
+        async def pop(self, key: str) -> tuple[Delta, bytes | None]:
             return await self.inner.pop(key)
 
         async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
@@ -336,6 +328,11 @@ async def test_a_backend_of_ones_own() -> None:
 
         async def clear(self) -> Delta:
             return await self.inner.clear()
+
+        async def compare_and_set(
+            self, key: str, expected: bytes | None, new: bytes | None
+        ) -> tuple[Delta, bool]:
+            return await self.inner.compare_and_set(key, expected, new)
 
     store = MemoryStore()
     async with (
@@ -392,6 +389,7 @@ def test_public_surface() -> None:
         "Status",
         "ValueTooLargeError",
         "ZookeeperDict",
+        "new_token",
         "open_dict",
     }
     assert set(aiodurabledict.__all__) == expected

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .._backend import Delta
+from .._backend import Delta, new_token
 from .._dict import AsyncDurableDict, V
 
 __all__ = ["MemoryBackend", "MemoryDict", "MemoryStore", "MemoryStoreError"]
@@ -21,7 +21,7 @@ class MemoryStoreError(ConnectionError):
 
 
 class MemoryStore:
-    """The shared content of one dict: values, a dense version, a change log and subscribers.
+    """The shared content of one dict: values, a version and its token, a change log, subscribers.
 
     Test switches (plain attributes):
 
@@ -31,12 +31,16 @@ class MemoryStore:
     - ``latency``: seconds each call takes.
 
     ``round_trips`` counts calls, so tests can assert how many a piece of code made.
-    ``log_limit`` bounds the change log; a dict older than what it keeps reloads fully.
+    ``log_limit`` bounds the change log and the commit tokens kept; a dict older than what they
+    reach reloads fully. ``rewind()`` puts the store back in time, as a restored backup would.
     """
 
     def __init__(self, *, log_limit: int = 10_000) -> None:
         self.items: dict[str, bytes] = {}
         self.version = 0
+        self.token: str | None = None
+        #: Commit tokens by version, as far back as the log reaches.
+        self.history: dict[int, str] = {}
         self.log: dict[str, int] = {}
         self.horizon = 0
         self.log_limit = log_limit
@@ -82,14 +86,33 @@ class MemoryStore:
             raise MemoryStoreError("the store is failing")
 
     def rewind(self, version: int, items: Mapping[str, bytes]) -> None:
-        """Put the store back to an older state, as a server restarting from an old backup would."""
+        """Put the store back to an older state, as a server restarting from an old backup would.
+
+        The commit token at ``version`` is the one the store had then (a backup keeps it); the
+        commits after it are forgotten, and the next ones get new tokens: another history.
+        """
         self.version = version
+        self.token = self.history.get(version)
+        self.history = {v: t for v, t in self.history.items() if v <= version}
         self.items = dict(items)
         self.log = {}
         self.horizon = version
 
+    def publish(self, notice: Delta) -> None:
+        """Hand every subscriber ``notice`` as if the store had sent it: another party speaking on
+        the channel (a forged or misdirected notice)."""
+        for queue in self._subscribers:
+            queue.put_nowait(notice)
+
+    def reading(self, changes: Mapping[str, bytes | None]) -> Delta:
+        """What the store holds now, as a reading (nothing written)."""
+        return Delta(self.version, dict(changes), token=self.token)
+
     def _commit(self, changes: Mapping[str, bytes | None]) -> Delta:
+        prev, prev_token = self.version, self.token
         self.version += 1
+        self.token = token = new_token()
+        self.history[self.version] = token
         for key, raw in changes.items():
             if raw is None:
                 self.items.pop(key, None)
@@ -100,7 +123,11 @@ class MemoryStore:
         while len(self.log) > self.log_limit:
             oldest = next(iter(self.log))
             self.horizon = max(self.horizon, self.log.pop(oldest))
-        delta = Delta(self.version, dict(changes), prev=self.version - 1)
+        while len(self.history) > self.log_limit:
+            forgotten = next(iter(self.history))
+            del self.history[forgotten]
+            self.horizon = max(self.horizon, forgotten)
+        delta = Delta(self.version, dict(changes), prev=prev, token=token, prev_token=prev_token)
         if not self.drop_notices:
             for queue in self._subscribers:
                 queue.put_nowait(delta)
@@ -110,12 +137,15 @@ class MemoryStore:
 class MemoryBackend:
     """The ``Backend`` protocol over a ``MemoryStore``."""
 
-    dense_versions = True
     max_key_bytes = 1 << 16
     max_value_bytes: int | None = None
+    poll_interval: float | None = None
 
     def __init__(self, store: MemoryStore | None = None) -> None:
         self.store = store if store is not None else MemoryStore()
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(0x{id(self.store):x})"
 
     async def start(self) -> None:
         await self.store._round_trip()
@@ -124,35 +154,43 @@ class MemoryBackend:
         return None
 
     async def load(self) -> Delta:
-        await self.store._round_trip()
-        return Delta(self.store.version, dict(self.store.items), full=True)
+        store = self.store
+        await store._round_trip()
+        return Delta(store.version, dict(store.items), full=True, token=store.token)
 
     async def changes_since(self, version: int) -> Delta:
         store = self.store
         await store._round_trip()
         if version < store.horizon or version > store.version:
             # Too old for the log, or newer than the store (which lost writes): everything.
-            return Delta(store.version, dict(store.items), full=True)
+            return Delta(store.version, dict(store.items), full=True, token=store.token)
         changed = {k: store.items.get(k) for k, v in store.log.items() if v > version}
-        return Delta(store.version, changed, prev=version)
+        return Delta(
+            store.version,
+            changed,
+            prev=version,
+            token=store.token,
+            prev_token=store.history.get(version),
+        )
 
     async def set(self, key: str, value: bytes) -> Delta:
         await self.store._round_trip()
         return self.store._commit({key: value})
 
-    async def pop(self, key: str) -> tuple[Delta, bytes] | None:
-        await self.store._round_trip()
-        old = self.store.items.get(key)
+    async def pop(self, key: str) -> tuple[Delta, bytes | None]:
+        store = self.store
+        await store._round_trip()
+        old = store.items.get(key)
         if old is None:
-            return None
-        return self.store._commit({key: None}), old
+            return store.reading({key: None}), None
+        return store._commit({key: None}), old
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
         store = self.store
         await store._round_trip()
         existing = store.items.get(key)
         if existing is not None:
-            return Delta(store.version, {key: existing}), existing
+            return store.reading({key: existing}), existing
         return store._commit({key: value}), value
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
@@ -160,8 +198,23 @@ class MemoryBackend:
         return self.store._commit(items)
 
     async def clear(self) -> Delta:
-        await self.store._round_trip()
-        return self.store._commit(dict.fromkeys(self.store.items))
+        store = self.store
+        await store._round_trip()
+        if not store.items:
+            return store.reading({})
+        return store._commit(dict.fromkeys(store.items))
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None
+    ) -> tuple[Delta, bool]:
+        store = self.store
+        await store._round_trip()
+        current = store.items.get(key)
+        if current != expected:
+            return store.reading({key: current}), False
+        if current is None and new is None:
+            return store.reading({key: None}), True
+        return store._commit({key: new}), True
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:

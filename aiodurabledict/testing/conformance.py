@@ -202,7 +202,7 @@ class DictConformance:
             with pytest.raises(InvalidKeyError):
                 await d.set("\ud800", 1)
             with pytest.raises(InvalidKeyError):
-                await d.set("k" * (d._backend.max_key_bytes + 1), 1)
+                await d.set("k" * (d.backend.max_key_bytes + 1), 1)
             assert isinstance(InvalidKeyError("x"), ValueError)
         assert await store_content(factory) == {}
 
@@ -260,6 +260,15 @@ class DictConformance:
             with pytest.raises(TypeError):
                 d["a"] = 5  # type: ignore[index]
 
+    async def test_version_moves_with_the_first_write(self, factory: Factory) -> None:
+        """A dict's own first write to a fresh namespace moves its version to the store's version."""
+        async with await factory(watch=False) as d:
+            await d.set("k", 1)
+            first = d.version
+            assert first > 0
+        async with await factory(watch=False) as e:
+            assert e.version == first
+
     async def test_version_only_grows(self, factory: Factory) -> None:
         """Each write moves the version forward; it never goes back."""
         async with await factory() as d:
@@ -283,6 +292,22 @@ class DictConformance:
             assert await b.sync() is False
             await a.delete("k")
             assert await b.get("k") is None
+
+    async def test_sync_is_read_after_commit_with_a_live_watcher(self, factory: Factory) -> None:
+        """With watchers live, sync() shows a write another dict has just completed, with no wait for
+        its notice; sync(strict=False) may skip the check only while the dict is live."""
+        async with opened(factory, 2) as (a, b):
+            await eventually(lambda: a.status.connected and b.status.connected)
+            for i in range(20):
+                await a.set("k", i)
+                await b.sync()
+                assert b["k"] == i
+                await b.set("j", i)
+                await a.sync()
+                assert a["j"] == i
+                await a.sync(strict=False)
+                if not a.live:
+                    assert a["j"] == i
 
     async def test_autosync_get_reads_fresh_without_watcher(self, factory: Factory) -> None:
         """With autosync and no watcher, get() returns what another dict has just written."""
@@ -330,6 +355,46 @@ class DictConformance:
             assert len(set(results)) == 1
             assert results[0] in range(8)
             assert await store_content(factory) == {"once": results[0]}
+
+    async def test_compare_and_set(self, factory: Factory) -> None:
+        """compare_and_set() writes only over the expected value (MISSING: absent; as new: remove),
+        and the cache shows the store's value when it returns, swapped or not."""
+        async with opened(factory, 2, watch=False) as (a, b):
+            assert await a.compare_and_set("k", MISSING, 1) is True
+            assert a["k"] == 1
+            assert await b.compare_and_set("k", MISSING, 2) is False
+            assert b["k"] == 1
+            assert await b.compare_and_set("k", 5, 2) is False
+            assert await b.compare_and_set("k", 1, {"x": [1]}) is True
+            assert await a.compare_and_set("k", 1, 3) is False
+            assert a["k"] == {"x": [1]}
+            assert await a.compare_and_set("k", {"x": [1]}, MISSING) is True
+            assert "k" not in a
+            assert await a.compare_and_set("k", 1, MISSING) is False
+            assert await a.compare_and_set("k", MISSING, MISSING) is True
+            with pytest.raises(EncodeError):
+                await a.compare_and_set("k", MISSING, {1, 2})
+        assert await store_content(factory) == {}
+
+    async def test_concurrent_compare_and_set_has_one_winner(self, factory: Factory) -> None:
+        """Dicts racing to swap the same value: exactly one wins; compare-and-set loops from every
+        dict count every increment exactly once."""
+        async with opened(factory, 4, watch=False) as dicts:
+            await dicts[0].set("n", 0)
+            results = await asyncio.gather(*(d.compare_and_set("n", 0, i + 1) for i, d in enumerate(dicts)))
+            assert sum(results) == 1
+            start = results.index(True) + 1
+            assert await store_content(factory) == {"n": start}
+
+            async def bump(d: AsyncDurableDict[Any]) -> None:
+                for _ in range(5):
+                    while True:
+                        current = await d.get("n")
+                        if await d.compare_and_set("n", current, current + 1):
+                            break
+
+            await asyncio.gather(*(bump(d) for d in dicts))
+        assert await store_content(factory) == {"n": start + 20}
 
     async def test_changes_stream_local_and_remote(self, factory: Factory) -> None:
         """changes() yields Change(key, old, new, version) for local and remote writes, MISSING for absence.

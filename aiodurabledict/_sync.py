@@ -1,0 +1,403 @@
+"""Keeping one cache in step with its store: checks, their single flight, gaps, liveness, staleness.
+
+``Syncer`` is what the dict, the watcher and the integrations call. ``check()`` is read-after-commit:
+when it returns, every commit that completed before it was called is in the cache. Concurrent callers
+share a check only when it was sent after they called, so at most one check runs and one more waits.
+A write whose commit cannot be placed in the cache's history checks before it returns; a notice that
+cannot be placed is a gap the watcher fills. ``free`` says when a read may skip the check: a push
+watcher follows the store live and no gap is open.
+
+The syncer never refers to the dict, so an abandoned dict can be collected while its watcher runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import anyio
+
+from ._backend import Backend, Delta, PushBackend
+from ._cache import Cache, OrphanedEntries, Outcome
+from ._watcher import Backoff, describe, watch
+from .errors import BackendError, DurableDictError, NotOpenError, StaleError
+
+__all__ = ["Syncer"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("aiodurabledict")
+
+# Answers that cannot be placed because the cache moved while they travelled are asked again; past
+# this many, the check reloads everything.
+_ASKS = 3
+_ABANDONED = object()
+
+
+class _Flight:
+    """One check. Callers may join it until it is sent; ``done`` is made only when someone waits."""
+
+    __slots__ = ("done", "sent")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.done: asyncio.Future[object] | None = None
+
+    def future(self) -> asyncio.Future[object]:
+        if self.done is None:
+            self.done = asyncio.get_running_loop().create_future()
+        return self.done
+
+    def finish(self, outcome: object) -> None:
+        done = self.done
+        if done is None or done.done():
+            return
+        if isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+            done.exception()  # retrieved: nobody may be left waiting
+        else:
+            done.set_result(outcome)
+
+
+class Syncer:
+    """Checks, notices, liveness and staleness of one cache against one backend.
+
+    ``timeout`` bounds a call made for the application; ``check_timeout`` the watcher's own checks
+    (short, so that a frozen store is noticed within about a heartbeat).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        cache: Cache,
+        *,
+        name: str,
+        timeout: float,
+        heartbeat: float,
+        poll_interval: float,
+        polled: bool,
+        max_staleness: float | None,
+        watch: bool,
+    ) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.name = name
+        self.timeout = timeout
+        self.check_timeout = min(timeout, max(heartbeat, 1.0))
+        self.heartbeat = heartbeat
+        self.poll_interval = poll_interval
+        self.max_staleness = max_staleness
+        self.watch = watch
+        # Decided once, by type: a store that pushes is followed, any other is polled.
+        self.push: PushBackend | None = backend if isinstance(backend, PushBackend) else None
+        # Where polling is asked for (or the store suggests it) push is an addition: checks keep
+        # coming at least every poll_interval, so a lost notice costs no more than that.
+        self.check_interval = min(heartbeat, poll_interval) if polled and self.push else heartbeat
+        self.closed: str | None = None
+
+        self._running: _Flight | None = None
+        self._pending: _Flight | None = None
+        self._reload = False
+        self._gaps = 0
+        self._gaps_filled = 0
+        self._live = False
+        self.connected = False
+        self.since = time.time()
+        self.error: str | None = None
+        self._confirmed_at = time.monotonic()
+        self.confirmed_wall = time.time()
+        self._fail_until = 0.0
+        self._last_failure: BackendError | None = None
+        self.resync = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopping = False
+        self.orphaned = False
+
+    # -- what readers ask --------------------------------------------------------------------------
+
+    @property
+    def free(self) -> bool:
+        """A read may skip the check: a push watcher follows the store live, with no gap open."""
+        return self._live and self._gaps_filled == self._gaps and not self._reload and not self.cache.dirty
+
+    def unconfirmed_for(self) -> float:
+        """Seconds since the cache was last confirmed against the store (0 while connected)."""
+        return 0.0 if self.connected else time.monotonic() - self._confirmed_at
+
+    def raise_if_stale(self, cause: BaseException) -> None:
+        """Raise ``StaleError`` from ``cause`` once the cache has gone unconfirmed past ``max_staleness``."""
+        bound = self.max_staleness
+        if bound is not None and self.unconfirmed_for() > bound:
+            raise StaleError(
+                f"the cache has gone unconfirmed for {self.unconfirmed_for():.1f} s "
+                f"(max_staleness={bound:g} s): {cause}"
+            ) from cause
+
+    def ensure_usable(self) -> None:
+        """Raise ``NotOpenError`` when the dict was closed, forked away or orphaned."""
+        if self.closed is not None:
+            raise NotOpenError(self.closed)
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    async def check(self, *, watcher: bool = False) -> None:
+        """Bring the cache up to the store as of this call (read-after-commit).
+
+        Shares a check that was not yet sent; otherwise waits for the one under way and then sends
+        the next, for everybody who came meanwhile. Raises ``BackendError`` (the cache keeps its values).
+        """
+        if not watcher:
+            self._fail_fast()
+        while True:
+            self.ensure_usable()
+            pending = self._pending
+            if pending is not None and not pending.sent:
+                outcome = await asyncio.shield(pending.future())
+                if outcome is _ABANDONED:
+                    continue
+                return
+            flight = self._pending = _Flight()
+            try:
+                while (running := self._running) is not None:
+                    await asyncio.wait([running.future()])
+                self.ensure_usable()
+                flight.sent = True
+                self._running = flight
+                await self._check_once(self.check_timeout if watcher else self.timeout)
+            except asyncio.CancelledError:
+                flight.finish(_ABANDONED)
+                raise
+            except BaseException as exc:
+                flight.finish(exc)
+                raise
+            else:
+                flight.finish(None)
+            finally:
+                if self._running is flight:
+                    self._running = None
+                if self._pending is flight:
+                    self._pending = None
+            return
+
+    async def _check_once(self, timeout: float) -> None:
+        cache = self.cache
+        gaps = self._gaps
+        for attempt in range(_ASKS + 1):
+            asked = cache.version
+            reload = not cache.loaded or cache.dirty or self._reload or attempt == _ASKS
+            call = self.backend.load() if reload else self.backend.changes_since(asked)
+            try:
+                delta = await self.call(call, timeout)
+            except BackendError as exc:
+                self._failed(exc)
+                raise
+            outcome = cache.apply(delta, asked=asked if cache.loaded else None)
+            if outcome is Outcome.DIVERGED:
+                # The store's token at our version is not ours: it went back in time and moved on.
+                self._went_back(asked, delta.version)
+                self._reload = True
+                continue
+            if outcome is Outcome.REWOUND and not self._reload:
+                self._went_back(asked, delta.version)
+            if reload:
+                self._reload = False
+            if outcome is not Outcome.BEHIND:
+                break
+        self._gaps_filled = max(self._gaps_filled, gaps)
+        self._confirm()
+        if not self.watch:
+            self._set_connected(True)
+
+    async def place(self, delta: Delta) -> None:
+        """Apply what one of our writes committed (or read); when it cannot be placed in the cache's
+        history, check the store first, so that the write shows when this returns."""
+        outcome = self.cache.apply(delta)
+        if outcome is Outcome.APPLIED or outcome is Outcome.CURRENT:
+            return
+        if outcome is Outcome.DIVERGED:
+            self._reload = True
+        try:
+            await self.check()
+        except NotOpenError:
+            raise
+        except BaseException as exc:
+            # The write stands in the store; the cache must show it anyway, and be checked soon.
+            if outcome is not Outcome.STALE:
+                self.cache.force(delta)
+            self._gap()
+            if not isinstance(exc, BackendError):
+                raise
+            log.debug("%s: a write could not be placed in the cache's history yet: %s", self.name, exc)
+
+    def on_notice(self, delta: Delta) -> None:
+        """A notice from the watcher: applied only when it follows the cache exactly, else a gap."""
+        outcome = self.cache.apply(delta)
+        if outcome is Outcome.BEHIND or outcome is Outcome.DIVERGED:
+            self._gap()
+        else:
+            self._confirm()
+
+    def _gap(self) -> None:
+        self._gaps += 1
+        self.resync.set()
+
+    async def call(self, aw: Awaitable[T], timeout: float) -> T:
+        """Await one backend call, bounded in time; a timeout or an ``OSError`` is ``BackendError``."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await aw
+        except DurableDictError:
+            raise
+        except TimeoutError as exc:
+            raise BackendError(f"the store did not answer within {timeout:g} s") from exc
+        except OSError as exc:
+            raise BackendError(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+    def _fail_fast(self) -> None:
+        failure = self._last_failure
+        if failure is not None and time.monotonic() < self._fail_until:
+            # The store failed a moment ago: answer at once instead of piling on.
+            raise BackendError(str(failure)) from failure.__cause__
+
+    def _failed(self, exc: BackendError) -> None:
+        self._last_failure = exc
+        self._fail_until = time.monotonic() + min(1.0, self.heartbeat)
+        self.error = str(exc)
+        if not self.watch:
+            self._set_connected(False, exc)
+
+    def _went_back(self, was: int, now: int) -> None:
+        log.warning(
+            "%s: the store's history is not the one the cache followed (version %d, now %d): it lost "
+            "writes or was restored; reloading everything",
+            self.name,
+            was,
+            now,
+        )
+
+    def _confirm(self) -> None:
+        self._confirmed_at = time.monotonic()
+        self.confirmed_wall = time.time()
+        self._fail_until = 0.0
+        self._last_failure = None
+
+    def confirmed(self) -> None:
+        """The store answered: the cache is as fresh as the last check (a failed open's first load)."""
+        self._confirm()
+
+    # -- liveness, as the watcher reports it -------------------------------------------------------
+
+    def went_live(self) -> None:
+        """The watcher follows the store (subscribed and caught up, or polled successfully)."""
+        self._live = self.push is not None and self.watch
+        self._set_connected(True)
+
+    def lost(self, error: BaseException) -> None:
+        """The watcher lost the store; it retries."""
+        self._live = False
+        self._set_connected(False, error)
+
+    def _set_connected(self, connected: bool, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.error = f"{type(error).__name__}: {error}"
+        elif connected:
+            self.error = None
+        if connected != self.connected:
+            self.connected = connected
+            self.since = time.time()
+
+    # -- the watcher's lifetime --------------------------------------------------------------------
+
+    @property
+    def watching(self) -> bool:
+        """The watcher task runs."""
+        return self._task is not None and not self._task.done()
+
+    def start_watcher(self) -> None:
+        """Start the watcher task (its own asyncio task, so that open and close may be other tasks)."""
+        self._stopping = False
+        backoff = Backoff(cap=max(1.0, min(5.0, self.heartbeat * 2)))
+        self._task = asyncio.get_running_loop().create_task(
+            self._watch(backoff), name=f"aiodurabledict watcher {self.name}"
+        )
+
+    async def _watch(self, backoff: Backoff) -> None:
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await watch(
+                    self,
+                    self.push,
+                    heartbeat=self.check_interval,
+                    poll_interval=self.poll_interval,
+                    backoff=backoff,
+                )
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # Cancelled by somebody else: the event loop is shutting down under an open dict.
+                self._orphan()
+            raise
+        finally:
+            self._live = False
+            self._set_connected(False)
+
+    async def stop_watcher(self) -> None:
+        """Stop the watcher and wait for it. anyio's cancel scope cancels again at every await, so
+        a client library that swallows a cancellation cannot keep the watcher running."""
+        task, self._task = self._task, None
+        self._stopping = True
+        self._live = False
+        if task is None:
+            return
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10.0)
+        if not done:
+            log.warning("%s: the watcher did not stop within 10 s; leaving it behind", self.name)
+        elif not task.cancelled() and task.exception() is not None:
+            log.debug("%s: the watcher ended with %s", self.name, describe(task.exception()))
+
+    def abandon(self) -> None:
+        """The dict was collected while open: stop the watcher and release the backend, unawaited."""
+        task = self._task
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if loop.is_closed():
+            return
+        self._stopping = True
+        scope = self._scope
+
+        def stop() -> None:
+            if scope is not None:
+                scope.cancel()
+            else:
+                task.cancel()
+            aclose = self.backend.aclose()
+            closing = loop.create_task(_quietly(aclose), name=f"aiodurabledict release {self.name}")
+            _releasing.add(closing)
+            closing.add_done_callback(_releasing.discard)
+
+        loop.call_soon_threadsafe(stop)
+
+    def _orphan(self) -> None:
+        self.orphaned = True
+        self.closed = OrphanedEntries.reason
+        self.cache.data.__class__ = OrphanedEntries
+
+
+_releasing: set[asyncio.Task[None]] = set()
+
+
+async def _quietly(aw: Awaitable[None]) -> None:
+    try:
+        async with asyncio.timeout(10.0):
+            await aw
+    except Exception as exc:  # noqa: BLE001 - releasing an abandoned dict is best effort
+        log.debug("releasing an abandoned dict failed: %s", describe(exc))
