@@ -7,7 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-__all__ = ["MISSING", "Change", "Missing", "Status"]
+__all__ = ["DEFAULT_KEYSPACE", "MISSING", "Change", "Missing", "Status"]
+
+#: The dict a URL or a model with a keyspace column names when it names none.
+DEFAULT_KEYSPACE = "default"
 
 V = TypeVar("V")
 

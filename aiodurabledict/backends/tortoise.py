@@ -63,7 +63,7 @@ from tortoise.context import TortoiseContext, get_current_context
 
 from .._backend import Delta
 from .._dict import AsyncDurableDict
-from .._urls import DEFAULT_KEYSPACE
+from .._types import DEFAULT_KEYSPACE
 from ..errors import BackendError, EncodeError, InvalidKeyError, map_exceptions
 from .tortoise_models import ENTRY_KEY_LENGTH, DictChange, DictVersion, DurableEntry
 
