@@ -296,6 +296,10 @@ class Syncer:
         self._live = self.push is not None and self.watch
         self._set_connected(True)
 
+    def checked(self) -> None:
+        """A check succeeded while notices cannot be had: confirmed, but not followed live."""
+        self._set_connected(True)
+
     def lost(self, error: BaseException) -> None:
         """The watcher lost the store; it retries."""
         self._live = False

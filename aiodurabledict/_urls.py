@@ -183,8 +183,10 @@ def parse(url: str) -> tuple[StoreURL, dict[str, Any]]:
         raise TypeError(f"open_dict() takes a URL string, not {type(url).__name__}")
     try:
         parts = urlsplit(url.strip())
-        # Touch the port now: urlsplit parses it lazily and raises on a bad one.
-        _ = parts.port
+        if "," not in parts.netloc:
+            # Touch the port now: urlsplit parses it lazily and raises on a bad one. (A list of
+            # servers, h1:p1,h2:p2, is the opener's to check.)
+            _ = parts.port
     except ValueError as exc:
         raise ValueError(f"malformed store URL {redact(url)!r}: {exc}") from None
     scheme = parts.scheme.lower()

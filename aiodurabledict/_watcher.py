@@ -63,7 +63,20 @@ async def watch(
             syncer.lost(first_error(exc))
             delay = backoff.next()
             log.info("%s: watcher lost the store (%s); retrying in %.2f s", syncer.name, describe(exc), delay)
+            if push is not None:
+                await _check_meanwhile(syncer)
             await anyio.sleep(delay)
+
+
+async def _check_meanwhile(syncer: Syncer) -> None:
+    """While notices cannot be had (a subscription refused after a failover), check through the
+    store's ordinary path, so that the cache converges and its staleness stays bounded."""
+    try:
+        await syncer.check(watcher=True)
+    except Exception as exc:  # noqa: BLE001 - a failed check is the outage already reported
+        log.debug("%s: check without notices failed: %s", syncer.name, describe(exc))
+    else:
+        syncer.checked()
 
 
 async def _poll(syncer: Syncer, interval: float, backoff: Backoff) -> None:
