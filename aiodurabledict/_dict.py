@@ -270,16 +270,20 @@ class AsyncDurableDict(Generic[V]):
         if state is State.CLOSED:
             return
         self._state = State.CLOSING
-        closing = self._closing = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        closing = self._closing = loop.create_future()
         sync = self._sync
+        # What a forked child or another event loop holds belongs to the parent's or the old loop's
+        # clients: only forget it.
+        release = not self._forked and not sync.orphaned and loop is self._loop
         sync.closed = f"{type(self).__name__} is closed"
         _open_dicts.pop(id(self), None)
         try:
-            if not self._forked:
+            if release:
                 await sync.stop_watcher()
             for stream in list(self._streams):
                 stream.end()
-            if not self._forked:
+            if release:
                 await self._backend.aclose()
         finally:
             self._state = State.CLOSED

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -383,8 +384,7 @@ class Syncer:
                 scope.cancel()
             else:
                 task.cancel()
-            aclose = self.backend.aclose()
-            closing = loop.create_task(_quietly(aclose), name=f"aiodurabledict release {self.name}")
+            closing = loop.create_task(_release(self.backend), name=f"aiodurabledict release {self.name}")
             _releasing.add(closing)
             closing.add_done_callback(_releasing.discard)
 
@@ -394,14 +394,19 @@ class Syncer:
         self.orphaned = True
         self.closed = OrphanedEntries.reason
         self.cache.data.__class__ = OrphanedEntries
+        warnings.warn(
+            f"{self.name} was never closed: its event loop ended while it was open",
+            ResourceWarning,
+            stacklevel=1,
+        )
 
 
 _releasing: set[asyncio.Task[None]] = set()
 
 
-async def _quietly(aw: Awaitable[None]) -> None:
+async def _release(backend: Backend) -> None:
     try:
         async with asyncio.timeout(10.0):
-            await aw
+            await backend.aclose()
     except Exception as exc:  # noqa: BLE001 - releasing an abandoned dict is best effort
         log.debug("releasing an abandoned dict failed: %s", describe(exc))
