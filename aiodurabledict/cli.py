@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = _explain(exc)
         if args.debug:
             logging.getLogger("aiodurabledict").exception("failed")
+        # Whatever a client library put in its message, no credential of the URLs given is shown.
+        for url in (getattr(args, name, None) for name in ("url", "src", "dst")):
+            if isinstance(url, str):
+                message = _urls.scrub(message, url)
         _print(f"aiodurabledict: error: {message}", err=True)
         return code
     return EXIT_OK
