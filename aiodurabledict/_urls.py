@@ -153,7 +153,7 @@ def redact(url: str) -> str:
 def secrets_in(url: str) -> list[str]:
     """The credentials ``url`` holds, as written and percent-decoded: text that no message may show."""
     found: list[str] = []
-    scheme, sep, rest = url.partition("://")
+    _, sep, rest = url.partition("://")
     userinfo, _ = _split_userinfo(rest) if sep else (None, rest)
     if userinfo is not None and ":" in userinfo:
         found.append(userinfo.partition(":")[2])
