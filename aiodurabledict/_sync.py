@@ -112,6 +112,7 @@ class Syncer:
         self.confirmed_wall = time.time()
         self._fail_until = 0.0
         self._last_failure: BackendError | None = None
+        self._down_since: float | None = None
         self.resync = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._scope: anyio.CancelScope | None = None
@@ -265,11 +266,18 @@ class Syncer:
             raise BackendError(str(failure)) from failure.__cause__
 
     def _failed(self, exc: BackendError) -> None:
+        now = time.monotonic()
         self._last_failure = exc
-        self._fail_until = time.monotonic() + min(1.0, self.heartbeat)
+        self._fail_until = now + min(1.0, self.heartbeat)
         self.error = str(exc)
         if not self.watch:
             self._set_connected(False, exc)
+        if self._down_since is None:
+            # Once per outage, at WARNING; the retries that follow are DEBUG.
+            self._down_since = now
+            log.warning("%s: the store is unreachable (%s); serving the last known values", self.name, exc)
+        else:
+            log.debug("%s: still unreachable: %s", self.name, exc)
 
     def _went_back(self, was: int, now: int) -> None:
         log.warning(
@@ -281,10 +289,13 @@ class Syncer:
         )
 
     def _confirm(self) -> None:
-        self._confirmed_at = time.monotonic()
+        now = self._confirmed_at = time.monotonic()
         self.confirmed_wall = time.time()
         self._fail_until = 0.0
         self._last_failure = None
+        if self._down_since is not None:
+            log.warning("%s: the store answers again, after %.1f s", self.name, now - self._down_since)
+            self._down_since = None
 
     def confirmed(self) -> None:
         """The store answered: the cache is as fresh as the last check (a failed open's first load)."""

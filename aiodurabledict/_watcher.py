@@ -62,7 +62,9 @@ async def watch(
         except Exception as exc:  # noqa: BLE001 - the watcher must never die; it reports and retries
             syncer.lost(first_error(exc))
             delay = backoff.next()
-            log.info("%s: watcher lost the store (%s); retrying in %.2f s", syncer.name, describe(exc), delay)
+            log.debug(
+                "%s: the watcher lost the store (%s); again in %.2f s", syncer.name, describe(exc), delay
+            )
             if push is not None:
                 await _check_meanwhile(syncer)
             await anyio.sleep(delay)
