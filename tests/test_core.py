@@ -415,7 +415,8 @@ async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptu
     records = [r for r in caplog.records if r.name == "aiodurabledict"]
     warnings_ = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     assert len(warnings_) == 2, warnings_
-    assert "unreachable" in warnings_[0] and "failing" in warnings_[0]
+    assert "unreachable" in warnings_[0]
+    assert "failing" in warnings_[0]
     assert re.search(r"again, after \d+\.\d s", warnings_[1])
     assert sum(r.levelno == logging.DEBUG for r in records) >= 3
     assert all("MemoryDict(MemoryBackend(" in r.getMessage() for r in records)
