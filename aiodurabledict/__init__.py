@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._backend import Backend, Delta, PushBackend, new_token
 from ._codecs import Codec, JSONCodec, PickleCodec, RawCodec
 from ._dict import AsyncDurableDict
-from ._types import MISSING, Change, Missing, Status
+from ._types import MISSING, Change, DictOptions, Missing, Status
 from .backends.memory import MemoryDict, MemoryStore
 from .errors import (
     BackendError,
@@ -43,6 +43,7 @@ __all__ = [
     "Codec",
     "DecodeError",
     "Delta",
+    "DictOptions",
     "DurableDictError",
     "EncodeError",
     "InvalidKeyError",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypedDict, TypeVar
 
-__all__ = ["DEFAULT_KEYSPACE", "MISSING", "Change", "Missing", "Status"]
+from ._codecs import Codec
+
+__all__ = ["DEFAULT_KEYSPACE", "MISSING", "Change", "DictOptions", "Missing", "Status"]
 
 #: The dict a URL or a model with a keyspace column names when it names none.
 DEFAULT_KEYSPACE = "default"
@@ -61,3 +63,16 @@ class Status:
     def stale_for(self) -> float:
         """Seconds the cache has gone unconfirmed (0.0 while connected)."""
         return 0.0 if self.stale_since is None else max(0.0, time.time() - self.stale_since)
+
+
+class DictOptions(TypedDict, total=False):
+    """The dict's own options, typed once for every constructor and ``open_dict`` (see
+    ``AsyncDurableDict`` for what each means)."""
+
+    codec: Codec
+    autosync: bool
+    watch: bool
+    max_staleness: float | None
+    heartbeat: float
+    poll_interval: float | None
+    timeout: float

@@ -13,11 +13,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ._codecs import JSONCodec, RawCodec
-from ._types import DEFAULT_KEYSPACE
+from ._types import DEFAULT_KEYSPACE, DictOptions
 
 if TYPE_CHECKING:
     from ._dict import AsyncDurableDict
@@ -268,7 +268,7 @@ def parse(url: str) -> tuple[StoreURL, dict[str, Any]]:
     return store_url, store_url.take(COMMON)
 
 
-def open_dict(url: str, **opts: Any) -> AsyncDurableDict[Any]:
+def open_dict(url: str, **opts: Unpack[DictOptions]) -> AsyncDurableDict[Any]:
     """An unopened dict on the store ``url`` names; it owns, and closes, the client it makes.
 
     Schemes: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS),

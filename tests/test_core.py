@@ -374,6 +374,7 @@ def test_public_surface() -> None:
         "Codec",
         "DecodeError",
         "Delta",
+        "DictOptions",
         "DurableDictError",
         "EncodeError",
         "InvalidKeyError",

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Unpack
 
 from .._backend import Delta, new_token
 from .._dict import AsyncDurableDict, V
+from .._types import DictOptions
 
 __all__ = ["MemoryBackend", "MemoryDict", "MemoryStore", "MemoryStoreError"]
 
@@ -242,7 +243,7 @@ class MemoryDict(AsyncDurableDict[V]):
     For tests and for applications that want the dict's behaviour without a server.
     """
 
-    def __init__(self, store: MemoryStore | None = None, **opts: Any) -> None:
+    def __init__(self, store: MemoryStore | None = None, **opts: Unpack[DictOptions]) -> None:
         super().__init__(MemoryBackend(store), **opts)
 
     @property
