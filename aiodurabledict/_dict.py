@@ -13,7 +13,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Generic, Self, overload
+from typing import Any, ClassVar, Generic, Self, overload
 
 from typing_extensions import TypeVar
 
@@ -509,7 +509,7 @@ class AsyncDurableDict(Generic[V]):
             return dict.__eq__(self._data, dict(other))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # mutable: unhashable, as dict is
 
     @property
     def view(self) -> Mapping[str, V]:

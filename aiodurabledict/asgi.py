@@ -37,7 +37,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ChangeCallback = Callable[[Change[V]], Awaitable[None] | None]
 """Called with each change; may be a plain function or a coroutine function."""
 
-log = logging.getLogger("aiodurabledict")
+log: logging.Logger = logging.getLogger("aiodurabledict")
 
 # The scope key under which the middleware records which dicts it synced for this request, so that
 # a dependency further in (``aiodurabledict.fastapi.settings_view``) does not sync them again.
@@ -79,7 +79,7 @@ class SyncMiddleware:
         strict: bool = False,
     ) -> None:
         self.app = app
-        self.dicts = tuple(dicts)
+        self.dicts: tuple[AsyncDurableDict[Any], ...] = tuple(dicts)
         if not self.dicts:
             raise ValueError("SyncMiddleware needs at least one dict")
         self.lifespan = lifespan
