@@ -11,7 +11,7 @@ import enum
 import os
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Self, overload
 
@@ -19,9 +19,10 @@ from typing_extensions import TypeVar
 
 from ._backend import Backend, Delta
 from ._cache import Cache, ForkedEntries, Items, Keys, Values
+from ._changes import DEFAULT_BUFFER, ChangeStream
 from ._codecs import Codec, JSONCodec
 from ._sync import Syncer
-from ._types import MISSING, Change, Missing, Status
+from ._types import MISSING, Missing, Status
 from .errors import (
     BackendError,
     DecodeError,
@@ -64,47 +65,6 @@ def _after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork)
-
-
-class _ChangeStream(Generic[V]):
-    """An async iterator over the changes a cache applies, from its creation until the dict closes."""
-
-    def __init__(self, cache: Cache, streams: set[_ChangeStream[Any]]) -> None:
-        self._cache = cache
-        self._streams = streams
-        self._queue: asyncio.Queue[Change[V] | None] = asyncio.Queue()
-        self._ended = False
-        cache.listeners.append(self._queue.put_nowait)
-        streams.add(self)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Change[V]:
-        if self._ended and self._queue.empty():
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is None:
-            self._ended = True
-            raise StopAsyncIteration
-        return item
-
-    def end(self) -> None:
-        """The dict closed: stop after what is queued."""
-        self._detach()
-        self._queue.put_nowait(None)
-
-    async def aclose(self) -> None:
-        """Stop receiving changes."""
-        self._detach()
-        self._ended = True
-
-    def _detach(self) -> None:
-        self._streams.discard(self)
-        put = self._queue.put_nowait
-        listeners = self._cache.listeners
-        if put in listeners:
-            listeners.remove(put)
 
 
 class AsyncDurableDict(Generic[V]):
@@ -174,7 +134,7 @@ class AsyncDurableDict(Generic[V]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = os.getpid()
         self._forked = False
-        self._streams: set[_ChangeStream[Any]] = set()
+        self._streams: weakref.WeakSet[ChangeStream[Any]] = weakref.WeakSet()
         self._changes_seen = 0
 
     def _new_syncer(self) -> Syncer:
@@ -471,9 +431,16 @@ class AsyncDurableDict(Generic[V]):
         await self._autosync_quietly()
         return dict(self._data)
 
-    def changes(self) -> AsyncIterator[Change[V]]:
-        """Every change the cache applies from now on (local and remote writes), until the dict closes."""
-        return _ChangeStream(self._cache, self._streams)
+    def changes(self, *, buffer: int = DEFAULT_BUFFER) -> ChangeStream[V]:
+        """Every change the cache applies from now on (local and remote writes), until the dict closes.
+
+        Up to ``buffer`` changes wait for a slow consumer; one that falls further behind receives a
+        ``Change`` with ``lost`` set (the number dropped) and should take ``await d.snapshot()``.
+        Memory stays bounded, and a stream nobody holds any more is unregistered.
+        """
+        stream: ChangeStream[V] = ChangeStream(self._cache.listeners, buffer)
+        self._streams.add(stream)
+        return stream
 
     # -- the synchronous cached view -----------------------------------------------------------------
 

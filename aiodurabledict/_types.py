@@ -34,12 +34,18 @@ MISSING: Final = Missing.MISSING
 
 @dataclass(frozen=True, slots=True)
 class Change(Generic[V]):
-    """One key's change, as the cache applied it. ``old``/``new`` is ``MISSING`` where the key was absent."""
+    """One key's change, as the cache applied it. ``old``/``new`` is ``MISSING`` where the key was absent.
+
+    ``lost``: non-zero only on the marker a change stream sends when its consumer fell behind its
+    buffer: that many changes were dropped (``key`` is then ``""``, never a real key); the consumer
+    should take ``await d.snapshot()`` and go on from there.
+    """
 
     key: str
     old: V | Missing
     new: V | Missing
     version: int
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mutabl
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
+from ._changes import DEFAULT_BUFFER
 from ._dict import AsyncDurableDict
 from ._types import Change
 from .errors import BackendError, StaleError
@@ -262,14 +263,20 @@ async def open_all(*dicts: AsyncDurableDict[Any]) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def follow_changes(
-    d: AsyncDurableDict[V], callback: ChangeCallback[V], *, name: str | None = None
+    d: AsyncDurableDict[V],
+    callback: ChangeCallback[V],
+    *,
+    name: str | None = None,
+    buffer: int = DEFAULT_BUFFER,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Call ``callback`` with every change ``d`` applies, in a background task, while in the block.
 
     Changes are those applied after entering (entered before ``d`` opens, the first load's entries
     arrive as changes from ``MISSING``). An exception from the callback is logged with its traceback
-    and the key, never the value, and the next change is delivered as usual. The task ends when the
-    block exits or the dict closes.
+    and the key, never the value, and the next change is delivered as usual. A callback slower than
+    the changes falls behind by at most ``buffer`` changes: it then receives one ``Change`` with
+    ``lost`` set (see ``AsyncDurableDict.changes``). The task ends when the block exits or the dict
+    closes.
 
     Usage::
 
@@ -281,16 +288,14 @@ async def follow_changes(
     """
     label = name or str(getattr(callback, "__qualname__", repr(callback)))
     # Subscribing happens here, synchronously: nothing applied after this line is missed.
-    stream = d.changes()
+    stream = d.changes(buffer=buffer)
     task = asyncio.create_task(_deliver(stream, callback, label), name=f"aiodurabledict follower {label}")
     try:
         yield task
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await stream.aclose()
 
 
 async def _deliver(stream: AsyncIterator[Change[V]], callback: ChangeCallback[V], label: str) -> None:
