@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._backend import Backend, Delta, PushBackend, new_token
 from ._codecs import Codec, JSONCodec, PickleCodec, RawCodec
 from ._dict import AsyncDurableDict
-from ._types import MISSING, Change, DictOptions, Missing, Status
+from ._types import MISSING, Change, DictOptions, Health, Missing, Status
 from .backends.memory import MemoryDict, MemoryStore
 from .errors import (
     BackendError,
@@ -46,6 +46,7 @@ __all__ = [
     "DictOptions",
     "DurableDictError",
     "EncodeError",
+    "Health",
     "InvalidKeyError",
     "JSONCodec",
     "MemoryDict",

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import time
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Self, overload
 
@@ -21,6 +22,7 @@ from ._backend import Backend, Delta
 from ._cache import Cache, ForkedEntries, Items, Keys, Values
 from ._changes import DEFAULT_BUFFER, ChangeStream
 from ._codecs import Codec, JSONCodec
+from ._status import StatusBoard, StatusStream
 from ._sync import Syncer
 from ._types import MISSING, Missing, Status
 from .errors import (
@@ -126,6 +128,7 @@ class AsyncDurableDict(Generic[V]):
         self._cache = Cache(self._codec)
         self._data = self._cache.data
         self._view: Mapping[str, V] = MappingProxyType(self._data)
+        self._board = StatusBoard(Status(False, False, False, time.time(), None, 0))
         self._sync = self._new_syncer()
         self._state = State.NEW
         self._opening: asyncio.Future[None] | None = None
@@ -138,7 +141,13 @@ class AsyncDurableDict(Generic[V]):
         self._changes_seen = 0
 
     def _new_syncer(self) -> Syncer:
-        return Syncer(self._backend, self._cache, name=self._name(), **self._options)  # type: ignore[arg-type]
+        return Syncer(
+            self._backend,
+            self._cache,
+            name=self._name(),
+            board=self._board,
+            **self._options,  # type: ignore[arg-type]
+        )
 
     def _name(self) -> str:
         return f"{type(self).__name__}({self._backend!r})"
@@ -194,6 +203,7 @@ class AsyncDurableDict(Generic[V]):
         sync.confirmed()
         self._state = State.OPEN
         _open_dicts[id(self)] = self
+        sync.mark_open()
         if sync.watch:
             sync.start_watcher()
         else:
@@ -215,6 +225,7 @@ class AsyncDurableDict(Generic[V]):
         state = self._state
         if state is State.NEW:
             self._state = State.CLOSED
+            self._sync.mark_closed(f"{type(self).__name__} is closed")
             return
         if state is State.OPENING:
             self._close_asked = True
@@ -236,7 +247,8 @@ class AsyncDurableDict(Generic[V]):
         # What a forked child or another event loop holds belongs to the parent's or the old loop's
         # clients: only forget it.
         release = not self._forked and not sync.orphaned and loop is self._loop
-        sync.closed = f"{type(self).__name__} is closed"
+        if sync.closed is None:
+            sync.mark_closed(f"{type(self).__name__} is closed")
         _open_dicts.pop(id(self), None)
         try:
             if release:
@@ -265,7 +277,7 @@ class AsyncDurableDict(Generic[V]):
     def _forked_away(self) -> None:
         """In a forked child: refuse every read and call; touch nothing the parent's clients own."""
         self._forked = True
-        self._sync.closed = ForkedEntries.reason
+        self._sync.mark_closed(ForkedEntries.reason)
         self._data.__class__ = ForkedEntries
 
     def _ensure_open(self) -> None:
@@ -511,17 +523,28 @@ class AsyncDurableDict(Generic[V]):
 
     @property
     def status(self) -> Status:
-        """Whether the watcher is connected, and since when the cache may be stale."""
-        sync = self._sync
-        return Status(
-            open=self._state is State.OPEN and sync.closed is None,
-            watching=sync.watching,
-            connected=sync.connected and self._state is State.OPEN,
-            since=sync.since,
-            stale_since=None if sync.connected else sync.confirmed_wall,
-            version=self._cache.version,
-            error=sync.error,
-        )
+        """Where the cache stands: its ``Health`` and since when, whether the watcher is connected,
+        since when the cache may be stale, the last failure."""
+        return self._sync.status()
+
+    def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
+        """Call ``callback`` with the new ``Status`` each time the state changes (initializing, live,
+        interrupted, stale, closed); returns a function that unsubscribes. Callbacks run in the
+        event loop and must not block; an exception from one is logged."""
+        return self._board.subscribe(callback)
+
+    def status_changes(self) -> AsyncIterator[Status]:
+        """Every change of state from now on, as an async iterator that ends once the dict closed."""
+        return StatusStream(self._board)
+
+    async def wait_live(self, timeout: float | None = None) -> None:
+        """Return once the dict is live: its watcher follows the store and the cache is confirmed.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, ``NotOpenError`` when not open or closed
+        meanwhile.
+        """
+        self._ensure_open()
+        await self._board.wait_live(timeout)
 
     def __repr__(self) -> str:
         keys = dict.__len__(self._data)

@@ -13,6 +13,7 @@ The syncer never refers to the dict, so an abandoned dict can be collected while
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import warnings
@@ -23,6 +24,8 @@ import anyio
 
 from ._backend import Backend, Delta, PushBackend
 from ._cache import Cache, OrphanedEntries, Outcome
+from ._status import StatusBoard
+from ._types import Health, Status
 from ._watcher import Backoff, describe, watch
 from .errors import BackendError, DurableDictError, NotOpenError, StaleError
 
@@ -82,8 +85,10 @@ class Syncer:
         polled: bool,
         max_staleness: float | None,
         watch: bool,
+        board: StatusBoard,
     ) -> None:
         self.backend = backend
+        self.board = board
         self.cache = cache
         self.name = name
         self.timeout = timeout
@@ -118,6 +123,8 @@ class Syncer:
         self._scope: anyio.CancelScope | None = None
         self._stopping = False
         self.orphaned = False
+        self._opened = False
+        self._stale_timer: asyncio.TimerHandle | None = None
 
     # -- what readers ask --------------------------------------------------------------------------
 
@@ -143,6 +150,60 @@ class Syncer:
         """Raise ``NotOpenError`` when the dict was closed, forked away or orphaned."""
         if self.closed is not None:
             raise NotOpenError(self.closed)
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """The cache's ``Status`` now."""
+        state = self._state()
+        board = self.board.current
+        return Status(
+            open=self._opened and self.closed is None,
+            watching=self.watching,
+            connected=self.connected and self.closed is None,
+            since=board.since if board.state is state else time.time(),
+            stale_since=None if self.connected else self.confirmed_wall,
+            version=self.cache.version,
+            error=self.error,
+            state=state,
+        )
+
+    def _state(self) -> Health:
+        if self.closed is not None:
+            return Health.CLOSED
+        if not self._opened:
+            return Health.INITIALIZING
+        if self._live or (self.connected and (self.push is None or not self.watch)):
+            return Health.LIVE
+        if self.error is None:
+            return Health.INITIALIZING
+        bound = self.max_staleness
+        if bound is not None and self.unconfirmed_for() > bound:
+            return Health.STALE
+        return Health.INTERRUPTED
+
+    def _evaluate(self) -> None:
+        """Report the status when its state changed; time the move from interrupted to stale."""
+        status = self.status()
+        self.board.report(status)
+        timer, self._stale_timer = self._stale_timer, None
+        if timer is not None:
+            timer.cancel()
+        if status.state is Health.INTERRUPTED and self.max_staleness is not None:
+            left = self.max_staleness - self.unconfirmed_for()
+            with contextlib.suppress(RuntimeError):  # no running loop: a closing dict
+                self._stale_timer = asyncio.get_running_loop().call_later(max(left, 0) + 0.01, self._evaluate)
+
+    def mark_open(self) -> None:
+        """The dict finished opening."""
+        self._opened = True
+        self._evaluate()
+
+    def mark_closed(self, reason: str) -> None:
+        """The dict closes (or can no longer be used): say so to every listener."""
+        self.closed = reason
+        self._live = False
+        self._evaluate()
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -272,6 +333,7 @@ class Syncer:
         self.error = str(exc)
         if not self.watch:
             self._set_connected(False, exc)
+        self._evaluate()
         if self._down_since is None:
             # Once per outage, at WARNING; the retries that follow are DEBUG.
             self._down_since = now
@@ -318,6 +380,7 @@ class Syncer:
         self._set_connected(False, error)
 
     def _set_connected(self, connected: bool, error: BaseException | None = None) -> None:
+        before = (self.connected, self.error, self._live)
         if error is not None:
             self.error = f"{type(error).__name__}: {error}"
         elif connected:
@@ -325,6 +388,8 @@ class Syncer:
         if connected != self.connected:
             self.connected = connected
             self.since = time.time()
+        if (self.connected, self.error, self._live) != before or self.board.state is Health.INITIALIZING:
+            self._evaluate()
 
     # -- the watcher's lifetime --------------------------------------------------------------------
 
@@ -403,7 +468,7 @@ class Syncer:
 
     def _orphan(self) -> None:
         self.orphaned = True
-        self.closed = OrphanedEntries.reason
+        self.mark_closed(OrphanedEntries.reason)
         self.cache.data.__class__ = OrphanedEntries
         warnings.warn(
             f"{self.name} was never closed: its event loop ended while it was open",

@@ -9,7 +9,7 @@ from typing import Final, Generic, TypedDict, TypeVar
 
 from ._codecs import Codec
 
-__all__ = ["DEFAULT_KEYSPACE", "MISSING", "Change", "DictOptions", "Missing", "Status"]
+__all__ = ["DEFAULT_KEYSPACE", "MISSING", "Change", "DictOptions", "Health", "Missing", "Status"]
 
 #: The dict a URL or a model with a keyspace column names when it names none.
 DEFAULT_KEYSPACE = "default"
@@ -48,13 +48,29 @@ class Change(Generic[V]):
     lost: int = 0
 
 
+class Health(enum.Enum):
+    """Where a dict stands, at a glance."""
+
+    #: Opening, or open and not yet followed by its watcher.
+    INITIALIZING = "initializing"
+    #: Followed: a push watcher live, or polls (or, without a watcher, the last check) succeeding.
+    LIVE = "live"
+    #: The store or its notices are out of reach: the last known values are served.
+    INTERRUPTED = "interrupted"
+    #: Interrupted for longer than ``max_staleness``: reads that check raise ``StaleError``.
+    STALE = "stale"
+    #: Closed (or unusable: forked away, or its event loop ended).
+    CLOSED = "closed"
+
+
 @dataclass(frozen=True, slots=True)
 class Status:
     """Where the cache stands against the store.
 
-    ``connected``: the watcher follows the store live (or, without a watcher, the last check succeeded).
-    ``stale_since``: wall-clock time (``time.time()``) since which the cache may be stale; ``None`` while
-    connected. ``error``: the last failure's type and message; never a value.
+    ``state``: the ``Health`` at a glance, since ``since`` (``time.time()``). ``connected``: the
+    watcher follows the store (or, without a watcher, the last check succeeded). ``stale_since``:
+    wall-clock time since which the cache may be stale; ``None`` while connected. ``error``: the
+    last failure's type and message (the cause of an interruption); never a value.
     """
 
     open: bool
@@ -64,6 +80,7 @@ class Status:
     stale_since: float | None
     version: int
     error: str | None = None
+    state: Health = Health.INITIALIZING
 
     @property
     def stale_for(self) -> float:

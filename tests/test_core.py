@@ -377,6 +377,7 @@ def test_public_surface() -> None:
         "DictOptions",
         "DurableDictError",
         "EncodeError",
+        "Health",
         "InvalidKeyError",
         "JSONCodec",
         "MemoryDict",
