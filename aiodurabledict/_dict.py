@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import time
 import warnings
@@ -22,6 +23,7 @@ from ._backend import Backend, Delta
 from ._cache import Cache, ForkedEntries, Items, Keys, Values
 from ._changes import DEFAULT_BUFFER, ChangeStream
 from ._codecs import Codec, JSONCodec
+from ._snapshot import SnapshotKeeper, bootstrap_delta, read_snapshot
 from ._status import StatusBoard, StatusStream
 from ._sync import Syncer
 from ._types import MISSING, Missing, Status
@@ -39,6 +41,8 @@ __all__ = ["AsyncDurableDict", "State"]
 # Unparametrised dicts hold Any, so `MemoryDict()` needs no annotation to type-check.
 V = TypeVar("V", default=Any)
 T = TypeVar("T")
+
+log = logging.getLogger("aiodurabledict")
 
 _NO_DEFAULT: Any = object()
 # Rounds of compare_and_set when the stored bytes decode to the expected value but differ from
@@ -86,6 +90,13 @@ class AsyncDurableDict(Generic[V]):
       backend's, else 1 s). Given (or suggested by the backend) for a store that pushes, checks still
       come at least this often, as a safety net for lost notices.
     - ``timeout``: seconds any one store call may take before it fails with ``BackendError``.
+    - ``bootstrap``: values to open on when the store cannot be reached at ``open()`` (interrupted
+      until it answers; never confirmed, so ``max_staleness`` counts them stale at once).
+    - ``snapshot``: a file path. The confirmed content is written there (atomically, at most once a
+      second, owner-readable only); when the store cannot be reached at ``open()`` the dict opens on
+      it (stale from when it was written). Without ``bootstrap`` or a readable snapshot, ``open()``
+      fails when the store cannot be reached. Either is replaced by the store's content as soon as
+      the store answers.
     """
 
     def __init__(
@@ -99,6 +110,8 @@ class AsyncDurableDict(Generic[V]):
         heartbeat: float = 2.0,
         poll_interval: float | None = None,
         timeout: float = 5.0,
+        bootstrap: Mapping[str, Any] | None = None,
+        snapshot: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
@@ -115,6 +128,11 @@ class AsyncDurableDict(Generic[V]):
             raise ValueError(f"poll_interval must be positive, not {interval!r}")
         self._backend = backend
         self._codec: Codec = codec if codec is not None else JSONCodec()
+        # What to serve when the store cannot be reached at open(); encoded now, so that a value
+        # the codec refuses fails here and not at the worst moment.
+        self._bootstrap = None if bootstrap is None else bootstrap_delta(bootstrap, self._codec)
+        self._snapshot_path = snapshot
+        self._keeper: SnapshotKeeper | None = None
         self._autosync = autosync
         self._timeout = timeout
         self._options = {
@@ -190,9 +208,16 @@ class AsyncDurableDict(Generic[V]):
     async def _open(self) -> None:
         self._cache.reset()
         sync = self._sync = self._new_syncer()
+        fallback: tuple[Delta, float | None, BackendError] | None = None
         try:
-            await sync.call(self._backend.start(), self._timeout)
-            delta = await sync.call(self._backend.load(), self._timeout)
+            try:
+                await sync.call(self._backend.start(), self._timeout)
+                delta = await sync.call(self._backend.load(), self._timeout)
+            except BackendError as exc:
+                fallback = self._fallback(exc)
+                if fallback is None:
+                    raise
+                delta = fallback[0]
             if self._close_asked:
                 raise NotOpenError(f"{type(self).__name__} was closed while it was opening")
         except BaseException:
@@ -200,7 +225,13 @@ class AsyncDurableDict(Generic[V]):
             await asyncio.shield(self._release())
             raise
         self._cache.apply(delta)
-        sync.confirmed()
+        if fallback is None:
+            sync.confirmed()
+        else:
+            sync.started_without_store(fallback[2], fallback[1])
+        if self._snapshot_path is not None:
+            self._keeper = SnapshotKeeper(self._snapshot_path, self._cache, lambda: sync.confirmed_wall)
+            self._keeper.start()
         self._state = State.OPEN
         _open_dicts[id(self)] = self
         sync.mark_open()
@@ -208,6 +239,18 @@ class AsyncDurableDict(Generic[V]):
             sync.start_watcher()
         else:
             sync.went_live()
+
+    def _fallback(self, cause: BackendError) -> tuple[Delta, float | None, BackendError] | None:
+        """What to open on while the store cannot be reached: the snapshot, else the bootstrap
+        values; ``None`` (fail) when the dict was given neither."""
+        found = None if self._snapshot_path is None else read_snapshot(self._snapshot_path)
+        if found is not None:
+            log.warning("%s: the store cannot be reached at open; serving the snapshot file", self._name())
+            return found[0], found[1], cause
+        if self._bootstrap is not None:
+            log.warning("%s: the store cannot be reached at open; serving the bootstrap values", self._name())
+            return self._bootstrap, None, cause
+        return None
 
     async def _release(self) -> None:
         try:
@@ -255,6 +298,9 @@ class AsyncDurableDict(Generic[V]):
                 await sync.stop_watcher()
             for stream in list(self._streams):
                 stream.end()
+            keeper, self._keeper = self._keeper, None
+            if keeper is not None and release:
+                await keeper.aclose()
             if release:
                 await self._backend.aclose()
         finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Awaitable
@@ -125,6 +126,8 @@ class Syncer:
         self.orphaned = False
         self._opened = False
         self._stale_timer: asyncio.TimerHandle | None = None
+        # Opened on a snapshot or defaults while the store was down: start() is still owed.
+        self._needs_start = False
 
     # -- what readers ask --------------------------------------------------------------------------
 
@@ -246,9 +249,30 @@ class Syncer:
                     self._pending = None
             return
 
+    def started_without_store(self, cause: BackendError, confirmed_wall: float | None) -> None:
+        """The dict opened on a snapshot (confirmed at ``confirmed_wall``) or on defaults (never
+        confirmed) because the store could not be reached: interrupted until the store answers."""
+        self._needs_start = True
+        self.cache.dirty = True
+        now_wall, now = time.time(), time.monotonic()
+        self.confirmed_wall = confirmed_wall if confirmed_wall is not None else 0.0
+        self._confirmed_at = now - (now_wall - confirmed_wall) if confirmed_wall is not None else -math.inf
+        self._failed(cause)
+
+    async def ensure_started(self, timeout: float | None = None) -> None:
+        """Prepare the store (``backend.start()``) if opening could not."""
+        if self._needs_start:
+            try:
+                await self.call(self.backend.start(), timeout or self.check_timeout)
+            except BackendError as exc:
+                self._failed(exc)
+                raise
+            self._needs_start = False
+
     async def _check_once(self, timeout: float) -> None:
         cache = self.cache
         gaps = self._gaps
+        await self.ensure_started(timeout)
         for attempt in range(_ASKS + 1):
             asked = cache.version
             reload = not cache.loaded or cache.dirty or self._reload or attempt == _ASKS

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Generic, TypedDict, TypeVar
+from typing import Any, Final, Generic, TypedDict, TypeVar
 
 from ._codecs import Codec
 
@@ -99,3 +101,5 @@ class DictOptions(TypedDict, total=False):
     heartbeat: float
     poll_interval: float | None
     timeout: float
+    bootstrap: Mapping[str, Any] | None
+    snapshot: str | os.PathLike[str] | None

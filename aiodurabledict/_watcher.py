@@ -55,6 +55,7 @@ async def watch(
     """Run until cancelled: follow ``push`` (the backend, when it pushes) or poll."""
     while True:
         try:
+            await syncer.ensure_started()
             if push is None:
                 await _poll(syncer, poll_interval, backoff)
             else:
