@@ -68,7 +68,7 @@ async def test_the_snapshot_file_carries_the_last_confirmed_content(tmp_path: Pa
         await eventually(lambda: path.exists() and json.loads(path.read_text())["version"] == d.version)
         written = d.version
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["settings.snapshot"]
+    assert sorted(os.listdir(tmp_path)) == ["settings.snapshot"]
     async with MemoryDict(store, watch=False) as other:
         await other.pop("b")
         await other.set("c", 3)
