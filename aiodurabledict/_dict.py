@@ -6,37 +6,36 @@ Writes go to the store first and then into the cache at the version and token th
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
 import os
 import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, Self, overload
+from typing import Any, Self, overload
 
 from typing_extensions import TypeVar
 
 from ._backend import Backend, Delta
-from ._cache import Cache, ForkedEntries, Items, Keys, Values
+from ._cache import Cache
 from ._changes import DEFAULT_BUFFER, ChangeStream
 from ._codecs import Codec, JSONCodec
-from ._snapshot import SnapshotKeeper, bootstrap_delta, read_snapshot
+from ._lifecycle import Lifecycle, State
+from ._snapshot import bootstrap_delta
 from ._status import StatusBoard, StatusStream
-from ._sync import Syncer
 from ._types import MISSING, Missing, Status
+from ._view import CachedView
 from .errors import (
     BackendError,
     DecodeError,
     EncodeError,
     InvalidKeyError,
-    NotOpenError,
     ValueTooLargeError,
 )
 
 __all__ = ["AsyncDurableDict", "State"]
+
 
 # Unparametrised dicts hold Any, so `MemoryDict()` needs no annotation to type-check.
 V = TypeVar("V", default=Any)
@@ -50,30 +49,7 @@ _NO_DEFAULT: Any = object()
 _CAS_ROUNDS = 3
 
 
-class State(enum.Enum):
-    """Where a dict is in its life; a closed dict stays closed (make a new one)."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-# Dicts open in this process: a forked child must not serve their frozen copies.
-_open_dicts: weakref.WeakValueDictionary[int, AsyncDurableDict[Any]] = weakref.WeakValueDictionary()
-
-
-def _after_fork() -> None:
-    for d in list(_open_dicts.values()):
-        d._forked_away()
-    _open_dicts.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-class AsyncDurableDict(Generic[V]):
+class AsyncDurableDict(CachedView[V]):
     """A dictionary kept in a durable, shared store and cached in process memory.
 
     ``backend`` is any object that follows the ``Backend`` protocol. Options, all keyword-only:
@@ -128,47 +104,33 @@ class AsyncDurableDict(Generic[V]):
             raise ValueError(f"poll_interval must be positive, not {interval!r}")
         self._backend = backend
         self._codec: Codec = codec if codec is not None else JSONCodec()
-        # What to serve when the store cannot be reached at open(); encoded now, so that a value
-        # the codec refuses fails here and not at the worst moment.
-        self._bootstrap = None if bootstrap is None else bootstrap_delta(bootstrap, self._codec)
-        self._snapshot_path = snapshot
-        self._keeper: SnapshotKeeper | None = None
         self._autosync = autosync
         self._timeout = timeout
-        self._options = {
-            "timeout": timeout,
-            "heartbeat": heartbeat,
-            "poll_interval": interval,
-            "polled": polled,
-            "max_staleness": max_staleness,
-            "watch": watch,
-        }
         self._cache = Cache(self._codec)
         self._data = self._cache.data
-        self._view: Mapping[str, V] = MappingProxyType(self._data)
+        self._view = MappingProxyType(self._data)
         self._board = StatusBoard(Status(False, False, False, time.time(), None, 0))
-        self._sync = self._new_syncer()
-        self._state = State.NEW
-        self._opening: asyncio.Future[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
-        self._close_asked = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = os.getpid()
-        self._forked = False
+        self._life = Lifecycle(
+            backend,
+            self._cache,
+            self._board,
+            name=f"{type(self).__name__}({backend!r})",
+            timeout=timeout,
+            options={
+                "timeout": timeout,
+                "heartbeat": heartbeat,
+                "poll_interval": interval,
+                "polled": polled,
+                "max_staleness": max_staleness,
+                "watch": watch,
+            },
+            # Encoded now, so that a value the codec refuses fails here, not at the worst moment.
+            bootstrap=None if bootstrap is None else bootstrap_delta(bootstrap, self._codec),
+            snapshot=snapshot,
+        )
+        self._sync = self._life.sync
         self._streams: weakref.WeakSet[ChangeStream[Any]] = weakref.WeakSet()
         self._changes_seen = 0
-
-    def _new_syncer(self) -> Syncer:
-        return Syncer(
-            self._backend,
-            self._cache,
-            name=self._name(),
-            board=self._board,
-            **self._options,  # type: ignore[arg-type]
-        )
-
-    def _name(self) -> str:
-        return f"{type(self).__name__}({self._backend!r})"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -176,88 +138,16 @@ class AsyncDurableDict(Generic[V]):
         """Load every entry and start the watcher. Opening an open dict does nothing; concurrent
         callers share one opening.
 
-        Raises ``BackendError`` when the store cannot be reached (the dict may be opened again),
-        ``NotOpenError`` when it was closed (a closed dict stays closed).
+        Raises ``BackendError`` when the store cannot be reached (the dict may be opened again;
+        with ``bootstrap`` or a snapshot it opens on those instead), ``NotOpenError`` when it was
+        closed (a closed dict stays closed).
         """
-        if self._state is State.OPEN:
-            self._ensure_open()
-            return self
-        if self._state is State.OPENING:
-            assert self._opening is not None
-            await asyncio.shield(self._opening)
-            self._ensure_open()
-            return self
-        if self._state is not State.NEW:
-            raise NotOpenError(f"{type(self).__name__} was closed; a closed dict cannot be opened again")
-        self._state = State.OPENING
-        loop = self._loop = asyncio.get_running_loop()
-        opening = self._opening = loop.create_future()
         try:
-            await self._open()
-        except BaseException as exc:
-            self._state = State.CLOSED if self._close_asked else State.NEW
-            if isinstance(exc, asyncio.CancelledError):
-                opening.cancel()
-            else:
-                opening.set_exception(exc)
-                opening.exception()  # retrieved: another opener may or may not be waiting
-            raise
-        opening.set_result(None)
+            await self._life.open()
+        finally:
+            # The syncer of this opening (the hot path reads it without going through the lifecycle).
+            self._sync = self._life.sync
         return self
-
-    async def _open(self) -> None:
-        self._cache.reset()
-        sync = self._sync = self._new_syncer()
-        fallback: tuple[Delta, float | None, BackendError] | None = None
-        try:
-            try:
-                await sync.call(self._backend.start(), self._timeout)
-                delta = await sync.call(self._backend.load(), self._timeout)
-            except BackendError as exc:
-                fallback = self._fallback(exc)
-                if fallback is None:
-                    raise
-                delta = fallback[0]
-            if self._close_asked:
-                raise NotOpenError(f"{type(self).__name__} was closed while it was opening")
-        except BaseException:
-            # Whatever the backend made (an owned client, a connection) must not outlive a failed open.
-            await asyncio.shield(self._release())
-            raise
-        self._cache.apply(delta)
-        if fallback is None:
-            sync.confirmed()
-        else:
-            sync.started_without_store(fallback[2], fallback[1])
-        if self._snapshot_path is not None:
-            self._keeper = SnapshotKeeper(self._snapshot_path, self._cache, lambda: sync.confirmed_wall)
-            self._keeper.start()
-        self._state = State.OPEN
-        _open_dicts[id(self)] = self
-        sync.mark_open()
-        if sync.watch:
-            sync.start_watcher()
-        else:
-            sync.went_live()
-
-    def _fallback(self, cause: BackendError) -> tuple[Delta, float | None, BackendError] | None:
-        """What to open on while the store cannot be reached: the snapshot, else the bootstrap
-        values; ``None`` (fail) when the dict was given neither."""
-        found = None if self._snapshot_path is None else read_snapshot(self._snapshot_path)
-        if found is not None:
-            log.warning("%s: the store cannot be reached at open; serving the snapshot file", self._name())
-            return found[0], found[1], cause
-        if self._bootstrap is not None:
-            log.warning("%s: the store cannot be reached at open; serving the bootstrap values", self._name())
-            return self._bootstrap, None, cause
-        return None
-
-    async def _release(self) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._backend.aclose()
-        except Exception as exc:  # noqa: BLE001 - releasing after a failure must not hide that failure
-            warnings.warn(f"releasing {self!r} failed: {exc!r}", ResourceWarning, stacklevel=2)
 
     async def aclose(self) -> None:
         """Stop the watcher and release what the dict made; the user's client stays open. Idempotent.
@@ -265,47 +155,7 @@ class AsyncDurableDict(Generic[V]):
         Called while ``open()`` runs in another task, it waits for it and leaves the dict closed
         (``open()`` then raises ``NotOpenError``). In a forked child it only forgets the dict.
         """
-        state = self._state
-        if state is State.NEW:
-            self._state = State.CLOSED
-            self._sync.mark_closed(f"{type(self).__name__} is closed")
-            return
-        if state is State.OPENING:
-            self._close_asked = True
-            assert self._opening is not None
-            await asyncio.wait([self._opening])
-            if self._state is State.OPEN:
-                await self.aclose()
-            return
-        if state is State.CLOSING:
-            assert self._closing is not None
-            await asyncio.wait([self._closing])
-            return
-        if state is State.CLOSED:
-            return
-        self._state = State.CLOSING
-        loop = asyncio.get_running_loop()
-        closing = self._closing = loop.create_future()
-        sync = self._sync
-        # What a forked child or another event loop holds belongs to the parent's or the old loop's
-        # clients: only forget it.
-        release = not self._forked and not sync.orphaned and loop is self._loop
-        if sync.closed is None:
-            sync.mark_closed(f"{type(self).__name__} is closed")
-        _open_dicts.pop(id(self), None)
-        try:
-            if release:
-                await sync.stop_watcher()
-            for stream in list(self._streams):
-                stream.end()
-            keeper, self._keeper = self._keeper, None
-            if keeper is not None and release:
-                await keeper.aclose()
-            if release:
-                await self._backend.aclose()
-        finally:
-            self._state = State.CLOSED
-            closing.set_result(None)
+        await self._life.aclose(self._streams)
 
     close = aclose
 
@@ -316,25 +166,16 @@ class AsyncDurableDict(Generic[V]):
         await self.aclose()
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) is State.OPEN and not self._forked and self._pid == os.getpid():
-            warnings.warn(f"{self!r} was never closed", ResourceWarning, stacklevel=1, source=self)
-            self._sync.abandon()
-
-    def _forked_away(self) -> None:
-        """In a forked child: refuse every read and call; touch nothing the parent's clients own."""
-        self._forked = True
-        self._sync.mark_closed(ForkedEntries.reason)
-        self._data.__class__ = ForkedEntries
+        life = getattr(self, "_life", None)
+        if life is not None:
+            life.finalize(
+                lambda: warnings.warn(
+                    f"{self!r} was never closed", ResourceWarning, stacklevel=3, source=self
+                )
+            )
 
     def _ensure_open(self) -> None:
-        if self._state is not State.OPEN:
-            what = "closed" if self._state in (State.CLOSING, State.CLOSED) else "not open yet"
-            raise NotOpenError(f"{type(self).__name__} is {what}: use `async with` or `await d.open()`")
-        self._sync.ensure_usable()
-        if asyncio.get_running_loop() is not self._loop:
-            raise NotOpenError(
-                f"{type(self).__name__} was opened in another event loop; open a new dict in this one"
-            )
+        self._life.ensure_open()
 
     # -- the awaitable API -------------------------------------------------------------------------
 
@@ -500,47 +341,6 @@ class AsyncDurableDict(Generic[V]):
         self._streams.add(stream)
         return stream
 
-    # -- the synchronous cached view -----------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> V:
-        value: V = self._data[key]
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._data))
-
-    def keys(self) -> Keys:
-        """The keys, set-like; iterating takes a snapshot, so awaiting inside the loop is safe."""
-        return Keys(self._data)
-
-    def values(self) -> Values:
-        """The values (undecodable entries left out), iterated over a snapshot."""
-        return Values(self._data)
-
-    def items(self) -> Items:
-        """The ``(key, value)`` pairs (undecodable entries left out), iterated over a snapshot."""
-        return Items(self._data)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, AsyncDurableDict):
-            return dict.__eq__(self._data, other._data)
-        if isinstance(other, Mapping):
-            return dict.__eq__(self._data, dict(other))
-        return NotImplemented
-
-    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # mutable: unhashable, as dict is
-
-    @property
-    def view(self) -> Mapping[str, V]:
-        """A live, read-only mapping of the cache; as fast to read as a dict. Never does I/O."""
-        return self._view
-
     @property
     def backend(self) -> Backend:
         """The store behind this dict (its limits, options and counters)."""
@@ -551,21 +351,6 @@ class AsyncDurableDict(Generic[V]):
         """A push watcher follows the store with no known gap: reads trail the store by no more than
         the propagation delay, and ``sync(strict=False)`` or an autosync read costs nothing."""
         return self._sync.free
-
-    @property
-    def version(self) -> int:
-        """The store version the cache reflects.
-
-        It grows with every change the cache applies, the dict's own writes included. When the store
-        goes back in time (it lost writes, or was restored) the cache reloads and this becomes the
-        store's, lower, version; that is logged as a warning, never silent.
-        """
-        return self._cache.version
-
-    @property
-    def undecodable(self) -> frozenset[str]:
-        """Keys whose stored value the codec could not decode (reading them raises ``DecodeError``)."""
-        return frozenset(self._data.bad)
 
     @property
     def status(self) -> Status:
@@ -594,7 +379,7 @@ class AsyncDurableDict(Generic[V]):
 
     def __repr__(self) -> str:
         keys = dict.__len__(self._data)
-        return f"<{type(self).__name__} {self._state.value} version={self._cache.version} keys={keys}>"
+        return f"<{type(self).__name__} {self._life.state.value} version={self._cache.version} keys={keys}>"
 
     # -- internals ---------------------------------------------------------------------------------
 

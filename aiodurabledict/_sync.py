@@ -21,13 +21,11 @@ import warnings
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import anyio
-
 from ._backend import Backend, Delta, PushBackend
 from ._cache import Cache, OrphanedEntries, Outcome
 from ._status import StatusBoard
 from ._types import Health, Status
-from ._watcher import Backoff, describe, watch
+from ._watcher import WatcherTask
 from .errors import BackendError, DurableDictError, NotOpenError, StaleError
 
 __all__ = ["Syncer"]
@@ -120,9 +118,7 @@ class Syncer:
         self._last_failure: BackendError | None = None
         self._down_since: float | None = None
         self.resync = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._stopping = False
+        self._watcher = WatcherTask(self)
         self.orphaned = False
         self._opened = False
         self._stale_timer: asyncio.TimerHandle | None = None
@@ -420,77 +416,28 @@ class Syncer:
     @property
     def watching(self) -> bool:
         """The watcher task runs."""
-        return self._task is not None and not self._task.done()
+        return self._watcher.running
 
     def start_watcher(self) -> None:
         """Start the watcher task (its own asyncio task, so that open and close may be other tasks)."""
-        self._stopping = False
-        backoff = Backoff(cap=max(1.0, min(5.0, self.heartbeat * 2)))
-        self._task = asyncio.get_running_loop().create_task(
-            self._watch(backoff), name=f"aiodurabledict watcher {self.name}"
-        )
-
-    async def _watch(self, backoff: Backoff) -> None:
-        try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                await watch(
-                    self,
-                    self.push,
-                    heartbeat=self.check_interval,
-                    poll_interval=self.poll_interval,
-                    backoff=backoff,
-                )
-        except asyncio.CancelledError:
-            if not self._stopping:
-                # Cancelled by somebody else: the event loop is shutting down under an open dict.
-                self._orphan()
-            raise
-        finally:
-            self._live = False
-            self._set_connected(False)
+        self._watcher.start()
 
     async def stop_watcher(self) -> None:
-        """Stop the watcher and wait for it. anyio's cancel scope cancels again at every await, so
-        a client library that swallows a cancellation cannot keep the watcher running."""
-        task, self._task = self._task, None
-        self._stopping = True
+        """Stop the watcher and wait for it."""
         self._live = False
-        if task is None:
-            return
-        if self._scope is not None:
-            self._scope.cancel()
-        else:
-            task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=10.0)
-        if not done:
-            log.warning("%s: the watcher did not stop within 10 s; leaving it behind", self.name)
-        elif not task.cancelled() and task.exception() is not None:
-            log.debug("%s: the watcher ended with %s", self.name, describe(task.exception()))
+        await self._watcher.stop()
 
     def abandon(self) -> None:
         """The dict was collected while open: stop the watcher and release the backend, unawaited."""
-        task = self._task
-        if task is None or task.done():
-            return
-        loop = task.get_loop()
-        if loop.is_closed():
-            return
-        self._stopping = True
-        scope = self._scope
+        self._watcher.abandon(self.backend)
 
-        def stop() -> None:
-            if scope is not None:
-                scope.cancel()
-            else:
-                task.cancel()
-            closing = loop.create_task(_release(self.backend), name=f"aiodurabledict release {self.name}")
-            _releasing.add(closing)
-            closing.add_done_callback(_releasing.discard)
+    def watcher_ended(self) -> None:
+        """The watcher task ended, for whatever reason."""
+        self._live = False
+        self._set_connected(False)
 
-        loop.call_soon_threadsafe(stop)
-
-    def _orphan(self) -> None:
+    def orphan(self) -> None:
+        """The watcher was cancelled by somebody else: the event loop ends under an open dict."""
         self.orphaned = True
         self.mark_closed(OrphanedEntries.reason)
         self.cache.data.__class__ = OrphanedEntries
@@ -499,14 +446,3 @@ class Syncer:
             ResourceWarning,
             stacklevel=1,
         )
-
-
-_releasing: set[asyncio.Task[None]] = set()
-
-
-async def _release(backend: Backend) -> None:
-    try:
-        async with asyncio.timeout(10.0):
-            await backend.aclose()
-    except Exception as exc:  # noqa: BLE001 - releasing an abandoned dict is best effort
-        log.debug("releasing an abandoned dict failed: %s", describe(exc))
