@@ -133,8 +133,11 @@ class Syncer:
         return self._live and self._gaps_filled == self._gaps and not self._reload and not self.cache.dirty
 
     def unconfirmed_for(self) -> float:
-        """Seconds since the cache was last confirmed against the store (0 while connected)."""
-        return 0.0 if self.connected else time.monotonic() - self._confirmed_at
+        """Seconds since the cache was last confirmed against the store: 0 while a watcher follows
+        it; without a watcher, the time since the last successful check."""
+        if self._live or (self.connected and self.watch):
+            return 0.0
+        return time.monotonic() - self._confirmed_at
 
     def raise_if_stale(self, cause: BaseException) -> None:
         """Raise ``StaleError`` from ``cause`` once the cache has gone unconfirmed past ``max_staleness``."""
@@ -161,7 +164,7 @@ class Syncer:
             watching=self.watching,
             connected=self.connected and self.closed is None,
             since=board.since if board.state is state else time.time(),
-            stale_since=None if self.connected else self.confirmed_wall,
+            stale_since=None if self.unconfirmed_for() == 0.0 else self.confirmed_wall,
             version=self.cache.version,
             error=self.error,
             state=state,
@@ -172,13 +175,13 @@ class Syncer:
             return Health.CLOSED
         if not self._opened:
             return Health.INITIALIZING
+        bound = self.max_staleness
+        if bound is not None and self.unconfirmed_for() > bound:
+            return Health.STALE
         if self._live or (self.connected and (self.push is None or not self.watch)):
             return Health.LIVE
         if self.error is None:
             return Health.INITIALIZING
-        bound = self.max_staleness
-        if bound is not None and self.unconfirmed_for() > bound:
-            return Health.STALE
         return Health.INTERRUPTED
 
     def _evaluate(self) -> None:
@@ -188,7 +191,8 @@ class Syncer:
         timer, self._stale_timer = self._stale_timer, None
         if timer is not None:
             timer.cancel()
-        if status.state is Health.INTERRUPTED and self.max_staleness is not None:
+        unwatched = status.state is Health.LIVE and not self.watch
+        if (status.state is Health.INTERRUPTED or unwatched) and self.max_staleness is not None:
             left = self.max_staleness - self.unconfirmed_for()
             with contextlib.suppress(RuntimeError):  # no running loop: a closing dict
                 self._stale_timer = asyncio.get_running_loop().call_later(max(left, 0) + 0.01, self._evaluate)
