@@ -216,7 +216,7 @@ class AsyncDurableDict(CachedView[V]):
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, value)
-        await self._place(await self._call(self._backend.set(key, raw)))
+        await self._place(await self._call("set", self._backend.set(key, raw)))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; ``KeyError`` if it is absent from the store."""
@@ -232,7 +232,7 @@ class AsyncDurableDict(CachedView[V]):
         """Remove ``key`` and return its value; ``default`` (even a falsy one) or ``KeyError`` if absent."""
         self._ensure_open()
         self._check_key(key)
-        delta, old = await self._call(self._backend.pop(key))
+        delta, old = await self._call("pop", self._backend.pop(key))
         await self._place(delta)
         if old is None:
             if default is _NO_DEFAULT:
@@ -248,7 +248,7 @@ class AsyncDurableDict(CachedView[V]):
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, default)
-        delta, stored = await self._call(self._backend.setdefault(key, raw))
+        delta, stored = await self._call("setdefault", self._backend.setdefault(key, raw))
         await self._place(delta)
         value: V = self._decode(key, stored)
         return value
@@ -266,12 +266,12 @@ class AsyncDurableDict(CachedView[V]):
             self._check_key(key)
             items[key] = self._encode(key, value)
         if items:
-            await self._place(await self._call(self._backend.update(items)))
+            await self._place(await self._call("update", self._backend.update(items)))
 
     async def clear(self) -> None:
         """Remove every entry."""
         self._ensure_open()
-        await self._place(await self._call(self._backend.clear()))
+        await self._place(await self._call("clear", self._backend.clear()))
 
     async def compare_and_set(self, key: str, expected: V | Missing, new: V | Missing) -> bool:
         """Atomically store ``new`` if the stored value equals ``expected``; ``True`` if it did.
@@ -285,7 +285,9 @@ class AsyncDurableDict(CachedView[V]):
         expected_raw = None if expected is MISSING else self._encode(key, expected)
         new_raw = None if new is MISSING else self._encode(key, new)
         for _ in range(_CAS_ROUNDS):
-            delta, swapped = await self._call(self._backend.compare_and_set(key, expected_raw, new_raw))
+            delta, swapped = await self._call(
+                "compare_and_set", self._backend.compare_and_set(key, expected_raw, new_raw)
+            )
             await self._place(delta)
             if swapped:
                 return True
@@ -383,10 +385,10 @@ class AsyncDurableDict(CachedView[V]):
 
     # -- internals ---------------------------------------------------------------------------------
 
-    async def _call(self, aw: Any) -> Any:
+    async def _call(self, operation: str, aw: Any) -> Any:
         """One store call for the application, bounded by ``timeout``; a closed dict says so."""
         try:
-            return await self._sync.call(aw, self._timeout)
+            return await self._sync.call(aw, self._timeout, operation)
         except BackendError:
             self._ensure_open()
             raise

@@ -130,8 +130,8 @@ class Lifecycle:
         fallback: Fallback | None = None
         try:
             try:
-                await sync.call(self._backend.start(), self._timeout)
-                delta = await sync.call(self._backend.load(), self._timeout)
+                await sync.call(self._backend.start(), self._timeout, "start")
+                delta = await sync.call(self._backend.load(), self._timeout, "load")
             except BackendError as exc:
                 fallback = self._fallback(exc)
                 if fallback is None:

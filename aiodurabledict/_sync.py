@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from . import _observe
 from ._backend import Backend, Delta, PushBackend
 from ._cache import Cache, OrphanedEntries, Outcome
 from ._status import StatusBoard
@@ -124,6 +125,7 @@ class Syncer:
         self._stale_timer: asyncio.TimerHandle | None = None
         # Opened on a snapshot or defaults while the store was down: start() is still owed.
         self._needs_start = False
+        self._was_lost = False
 
     # -- what readers ask --------------------------------------------------------------------------
 
@@ -200,13 +202,19 @@ class Syncer:
     def mark_open(self) -> None:
         """The dict finished opening."""
         self._opened = True
+        _observe.track(self)
         self._evaluate()
 
     def mark_closed(self, reason: str) -> None:
         """The dict closes (or can no longer be used): say so to every listener."""
         self.closed = reason
         self._live = False
+        _observe.untrack(self)
         self._evaluate()
+
+    def size(self) -> int:
+        """Keys in the cache (for gauges)."""
+        return dict.__len__(self.cache.data)
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -263,7 +271,7 @@ class Syncer:
         """Prepare the store (``backend.start()``) if opening could not."""
         if self._needs_start:
             try:
-                await self.call(self.backend.start(), timeout or self.check_timeout)
+                await self.call(self.backend.start(), timeout or self.check_timeout, "start")
             except BackendError as exc:
                 self._failed(exc)
                 raise
@@ -278,11 +286,13 @@ class Syncer:
             reload = not cache.loaded or cache.dirty or self._reload or attempt == _ASKS
             call = self.backend.load() if reload else self.backend.changes_since(asked)
             try:
-                delta = await self.call(call, timeout)
+                delta = await self.call(call, timeout, "load" if reload else "changes_since")
             except BackendError as exc:
                 self._failed(exc)
                 raise
             outcome = cache.apply(delta, asked=asked if cache.loaded else None)
+            if delta.full:
+                _observe.event(self.name, "reload")
             if outcome is Outcome.DIVERGED:
                 # The store's token at our version is not ours: it went back in time and moved on.
                 self._went_back(asked, delta.version)
@@ -296,6 +306,7 @@ class Syncer:
                 break
         self._gaps_filled = max(self._gaps_filled, gaps)
         self._confirm()
+        _observe.event(self.name, "sync")
         if not self.watch:
             self._set_connected(True)
 
@@ -327,16 +338,20 @@ class Syncer:
             self._gap()
         else:
             self._confirm()
+            if outcome is Outcome.APPLIED:
+                _observe.event(self.name, "notice")
 
     def _gap(self) -> None:
         self._gaps += 1
         self.resync.set()
+        _observe.event(self.name, "gap")
 
-    async def call(self, aw: Awaitable[T], timeout: float) -> T:
+    async def call(self, aw: Awaitable[T], timeout: float, operation: str = "call") -> T:
         """Await one backend call, bounded in time; a timeout or an ``OSError`` is ``BackendError``."""
         try:
-            async with asyncio.timeout(timeout):
-                return await aw
+            with _observe.span(self.name, operation):
+                async with asyncio.timeout(timeout):
+                    return await aw
         except DurableDictError:
             raise
         except TimeoutError as exc:
@@ -366,6 +381,7 @@ class Syncer:
             log.debug("%s: still unreachable: %s", self.name, exc)
 
     def _went_back(self, was: int, now: int) -> None:
+        _observe.event(self.name, "rewind")
         log.warning(
             "%s: the store's history is not the one the cache followed (version %d, now %d): it lost "
             "writes or was restored; reloading everything",
@@ -391,6 +407,9 @@ class Syncer:
 
     def went_live(self) -> None:
         """The watcher follows the store (subscribed and caught up, or polled successfully)."""
+        if self._was_lost and self.watch:
+            _observe.event(self.name, "reconnect")
+        self._was_lost = False
         self._live = self.push is not None and self.watch
         self._set_connected(True)
 
@@ -400,6 +419,7 @@ class Syncer:
 
     def lost(self, error: BaseException) -> None:
         """The watcher lost the store; it retries."""
+        self._was_lost = True
         self._live = False
         self._set_connected(False, error)
 
