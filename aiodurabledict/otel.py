@@ -7,7 +7,8 @@
   (counters): checks of the store, full reloads, notices applied, gaps in the notices, watchers
   back after losing the store, stores found gone back in time;
 - ``aiodurabledict.cache.size`` (gauge, keys) and ``aiodurabledict.staleness`` (gauge, s: how long
-  the cache has gone unconfirmed);
+  the cache has gone unconfirmed); dicts of one process on the same store and keyspace share a
+  name, and these gauges show the largest of them;
 
 and a span ``aiodurabledict <operation>`` around each store call. Values are never recorded.
 Nothing of OpenTelemetry is imported unless this module is. ``uninstrument()`` stops it.
@@ -84,12 +85,20 @@ class _OpenTelemetry:
             counter.add(1, {"dict": name})
 
 
+def _largest(values: Iterable[tuple[str, float]]) -> list[Observation]:
+    # Dicts of one process on the same store and keyspace share a name: the gauge shows the largest.
+    largest: dict[str, float] = {}
+    for name, value in values:
+        largest[name] = max(value, largest.get(name, value))
+    return [Observation(value, {"dict": name}) for name, value in largest.items()]
+
+
 def _sizes(_options: CallbackOptions) -> Iterable[Observation]:
-    return [Observation(d.size(), {"dict": d.name}) for d in _observe.observed()]
+    return _largest((d.name, d.size()) for d in _observe.observed())
 
 
 def _staleness(_options: CallbackOptions) -> Iterable[Observation]:
-    return [Observation(d.unconfirmed_for(), {"dict": d.name}) for d in _observe.observed()]
+    return _largest((d.name, d.unconfirmed_for()) for d in _observe.observed())
 
 
 _current: _OpenTelemetry | None = None
