@@ -66,16 +66,27 @@ __all__ = [
     "open_dict",
 ]
 
+# name -> (module, the extra that brings what it needs)
 _LAZY = {
-    "RedisDict": ".backends.redis",
-    "ZookeeperDict": ".backends.zookeeper",
-    "ModelDict": ".backends.tortoise",
-    "open_dict": "._urls",
+    "RedisDict": (".backends.redis", "redis"),
+    "ZookeeperDict": (".backends.zookeeper", "zookeeper"),
+    "ModelDict": (".backends.tortoise", "tortoise"),
+    "open_dict": ("._urls", ""),
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    found = _LAZY.get(name)
+    if found is None:
         raise AttributeError(f"module 'aiodurabledict' has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+    module, extra = found
+    try:
+        return getattr(importlib.import_module(module, __name__), name)
+    except ImportError as exc:
+        missing = exc.name or ""
+        if not extra or missing.startswith("aiodurabledict"):
+            raise
+        raise ImportError(
+            f"{name} needs the {extra!r} extra (missing module {missing!r}): pip install 'aiodurabledict[{extra}]'",
+            name=missing,
+        ) from exc

@@ -16,8 +16,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from fastapi import HTTPException
-from starlette.requests import HTTPConnection
+try:
+    from fastapi import HTTPException
+    from starlette.requests import HTTPConnection
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"aiodurabledict.fastapi needs FastAPI (missing module {exc.name!r}): pip install 'aiodurabledict[fastapi]'",
+        name=exc.name,
+    ) from exc
 
 from ._dict import AsyncDurableDict
 from .asgi import (
