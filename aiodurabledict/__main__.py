@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``python -m aiodurabledict``: the same command line as the ``aiodurabledict`` script."""
 
 from .cli import main

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``aiodurabledict`` command: read, write, watch, back up and move a dict from a shell.
 
 The store comes from ``--url``, else ``AIODURABLEDICT_URL``, else an SQLite file in the current
@@ -9,20 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, TextIO
+from urllib.parse import urlencode
 
-from . import _urls
+from . import __version__, _urls
+from ._cli_text import BadInput, dumps, loads, shown
 from ._codecs import RawCodec
 from ._dict import AsyncDurableDict
-from ._types import MISSING, Change
+from ._types import MISSING, Change, Health, Status
 from .errors import BackendError, DurableDictError, EncodeError, InvalidKeyError
 
 __all__ = [
@@ -66,10 +67,16 @@ class _MissingKeyError(Exception):
     """A key the command needed is not in the dict: exit code 3."""
 
 
+class _IncompleteError(Exception):
+    """The command would have lost data (``dump`` of undecodable values): exit code 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (the console script passes it to ``sys.exit``)."""
+    parser = _parser()
+    _complete(parser)
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse has already explained
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.debug:
@@ -99,8 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion, when argcomplete is installed (``pip install 'aiodurabledict[cli]'``, then
+    ``eval "$(register-python-argcomplete aiodurabledict)"``); a no-op otherwise."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
 def _explain(exc: Exception) -> tuple[int, str]:
     """The exit code and one-line message for a failure."""
+    if isinstance(exc, _IncompleteError):
+        return EXIT_ERROR, str(exc)
     if isinstance(exc, _MissingKeyError):
         return EXIT_MISSING_KEY, str(exc)
     if isinstance(exc, BackendError):
@@ -121,6 +140,11 @@ def _common_options() -> argparse.ArgumentParser:
         "--url",
         default=argparse.SUPPRESS,
         help=f"the store (default: ${ENV_URL}, else {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--keyspace",
+        default=argparse.SUPPRESS,
+        help="the dict within the store (the URL's ?keyspace=)",
     )
     common.add_argument(
         "--timeout",
@@ -144,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
         parents=[_common_options()],
     )
     # No timeout default here: the URL's ?timeout= (else the dict's own default) applies unless given.
-    parser.set_defaults(url=os.environ.get(ENV_URL) or DEFAULT_URL, timeout=None, debug=False)
+    parser.add_argument("--version", action="version", version=f"aiodurabledict {__version__}")
+    parser.set_defaults(url=os.environ.get(ENV_URL) or DEFAULT_URL, timeout=None, debug=False, keyspace=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], help: str) -> Any:
@@ -158,18 +183,25 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("set", _set, "store VALUE (JSON) under KEY")
     p.add_argument("key", metavar="KEY")
-    p.add_argument("value", metavar="VALUE", help='JSON: 42, true, "text", [1, 2], {"a": 1}')
+    p.add_argument(
+        "value",
+        metavar="VALUE",
+        help='JSON: 42, true, "text", [1, 2], {"a": 1}, {"$bytes": "<base64>"}; - reads it from stdin',
+    )
     p.add_argument("--str", action="store_true", help="store VALUE as a string, not JSON")
 
-    p = command("delete", _delete, "remove KEY")
-    p.add_argument("key", metavar="KEY")
+    p = command("delete", _delete, "remove each KEY (exit 3 if any was not there)")
+    p.add_argument("keys", metavar="KEY", nargs="+")
 
     p = command("list", _list, "print every key and value")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     command("watch", _watch, "print each change as a JSON line until Ctrl-C or SIGTERM")
 
-    command("dump", _dump, "print the whole dict as one JSON object (a backup)")
+    p = command("dump", _dump, "print the whole dict as one JSON object (a backup)")
+    p.add_argument(
+        "--skip-undecodable", action="store_true", help="leave out values that cannot be decoded (else: fail)"
+    )
 
     p = command("load", _load, "write a JSON object (from FILE or stdin) in one atomic batch")
     p.add_argument("file", metavar="FILE", nargs="?", default="-", help="the JSON file (default: stdin)")
@@ -201,46 +233,33 @@ def _open(url: str, args: argparse.Namespace, **opts: Any) -> AsyncDurableDict[A
     opts.setdefault("watch", False)
     if args.timeout is not None:
         opts["timeout"] = args.timeout
+    if args.keyspace is not None:
+        url = _with_keyspace(url, args.keyspace)
     try:
         return _urls.open_dict(url, **opts)
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
 
 
-# Characters JSON leaves raw (DEL and the C1 controls, ESC's 8-bit twin CSI among them) that a
-# terminal would obey: written as \u escapes, which keeps the JSON valid and the terminal safe.
-_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+def _with_keyspace(url: str, keyspace: str) -> str:
+    head, _, query = url.partition("?")
+    kept = [part for part in query.split("&") if part and not part.startswith("keyspace=")]
+    return head + "?" + "&".join([*kept, urlencode({"keyspace": keyspace})])
 
 
-def _dumps(value: Any, **kw: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, **kw)
-    return _RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _shown(text: str) -> str:
-    """``text`` for a terminal table: control and invisible characters escaped, never obeyed."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _loads(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise _UsageError(f"{what} is nested too deeply to be read as JSON") from None
-    except ValueError as exc:
-        raise _UsageError(f"{what} is not valid JSON ({exc})") from None
+def _undecodable(d: AsyncDurableDict[Any]) -> str:
+    """``""``, or a message naming the keys whose values cannot be decoded."""
+    bad = sorted(d.undecodable)
+    if not bad:
+        return ""
+    listed = ", ".join(map(repr, bad[:5])) + (", …" if len(bad) > 5 else "")
+    return f"{len(bad)} value(s) cannot be decoded: {listed}"
 
 
 def _warn_undecodable(d: AsyncDurableDict[Any]) -> None:
-    bad = sorted(d.undecodable)
-    if bad:
-        shown = ", ".join(map(repr, bad[:5])) + (", …" if len(bad) > 5 else "")
-        _print(
-            f"aiodurabledict: warning: {len(bad)} value(s) cannot be decoded, left out: {shown}",
-            err=True,
-        )
+    message = _undecodable(d)
+    if message:
+        _print(f"aiodurabledict: warning: {message}; left out", err=True)
 
 
 async def _get(args: argparse.Namespace) -> None:
@@ -249,28 +268,31 @@ async def _get(args: argparse.Namespace) -> None:
             value = d[args.key]
         except KeyError:
             raise _MissingKeyError(f"key {args.key!r} not found") from None
-    _print(value if args.str and isinstance(value, str) else _dumps(value))
+    _print(value if args.str and isinstance(value, str) else dumps(value))
 
 
 async def _set(args: argparse.Namespace) -> None:
+    text = _read("-", "set KEY - reads the value from stdin") if args.value == "-" else args.value
     value: Any
     if args.str:
-        value = args.value
+        value = text.removesuffix("\n") if args.value == "-" else text
     else:
         try:
-            value = _loads(args.value, "VALUE")
-        except _UsageError as exc:
+            value = loads(text, "VALUE")
+        except BadInput as exc:
             raise _UsageError(f"{exc}; add --str to store it as a string") from None
     async with _open(args.url, args) as d:
         await d.set(args.key, value)
 
 
 async def _delete(args: argparse.Namespace) -> None:
+    missing = []
     async with _open(args.url, args) as d:
-        try:
-            await d.delete(args.key)
-        except KeyError:
-            raise _MissingKeyError(f"key {args.key!r} not found") from None
+        for key in args.keys:
+            if await d.pop(key, MISSING) is MISSING:
+                missing.append(key)
+    if missing:
+        raise _MissingKeyError(f"key(s) not found: {', '.join(map(repr, missing))}")
 
 
 async def _list(args: argparse.Namespace) -> None:
@@ -278,9 +300,9 @@ async def _list(args: argparse.Namespace) -> None:
         entries = dict(d.view)
         _warn_undecodable(d)
     if args.json:
-        _print(_dumps(entries, sort_keys=True))
+        _print(dumps(entries, sort_keys=True))
         return
-    rows = [(_shown(key), _shown(_dumps(entries[key]))) for key in sorted(entries)]
+    rows = [(shown(key), shown(dumps(entries[key]))) for key in sorted(entries)]
     width = min(max((len(key) for key, _ in rows), default=0), 40)
     for key, value in rows:
         _print(f"{key:<{width}}  {value}")
@@ -289,13 +311,21 @@ async def _list(args: argparse.Namespace) -> None:
 async def _dump(args: argparse.Namespace) -> None:
     async with _open(args.url, args) as d:
         entries = dict(d.view)
-        _warn_undecodable(d)
-    _print(_dumps(entries, sort_keys=True, indent=2))
+        lost = _undecodable(d)
+    if lost and not args.skip_undecodable:
+        # A backup that silently lacks values is worse than none.
+        raise _IncompleteError(f"{lost}; nothing written (--skip-undecodable to dump the rest)")
+    if lost:
+        _print(f"aiodurabledict: warning: {lost}; left out", err=True)
+    _print(dumps(entries, sort_keys=True, indent=2))
 
 
 async def _load(args: argparse.Namespace) -> None:
     text = _read(args.file)
-    entries = _loads(text, "the input")
+    try:
+        entries = loads(text, "the input")
+    except BadInput as exc:
+        raise _UsageError(str(exc)) from None
     if not isinstance(entries, dict):
         raise _UsageError(
             f"the input must be a JSON object of key: value, not a JSON {type(entries).__name__}"
@@ -330,10 +360,12 @@ async def _write_all(
     _print(f"aiodurabledict: {message}", err=True)
 
 
-def _read(path: str) -> str:
+def _read(
+    path: str, hint: str = "load reads a JSON object from stdin: aiodurabledict load < file.json"
+) -> str:
     if path == "-":
         if sys.stdin.isatty():
-            raise _UsageError("load reads a JSON object from stdin: aiodurabledict load < file.json")
+            raise _UsageError(hint)
         return sys.stdin.read()
     with open(path, encoding="utf-8") as file:
         return file.read()
@@ -348,6 +380,7 @@ async def _watch(args: argparse.Namespace) -> None:
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        unsubscribe = d.on_status(_report_status)
         try:
             _print(
                 f"aiodurabledict: watching {_urls.redact(args.url)} (Ctrl-C to stop)",
@@ -363,8 +396,17 @@ async def _watch(args: argparse.Namespace) -> None:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
         finally:
+            unsubscribe()
             for sig in signals:
                 loop.remove_signal_handler(sig)
+
+
+def _report_status(status: Status) -> None:
+    """``watch`` says on stderr when the store is lost and when it is back."""
+    if status.state in (Health.INTERRUPTED, Health.STALE):
+        _print(f"aiodurabledict: {status.state.value}: {status.error}", err=True)
+    elif status.state is Health.LIVE:
+        _print("aiodurabledict: live", err=True)
 
 
 async def _print_changes(stream: AsyncIterator[Change[Any]], out: TextIO) -> None:
@@ -377,5 +419,5 @@ async def _print_changes(stream: AsyncIterator[Change[Any]], out: TextIO) -> Non
             line["new"] = change.new
         if change.old is not MISSING:
             line["old"] = change.old
-        out.write(_dumps(line) + "\n")
+        out.write(dumps(line) + "\n")
         out.flush()
