@@ -110,6 +110,8 @@ class Syncer:
         self._gaps = 0
         self._gaps_filled = 0
         self._live = False
+        #: A read may skip the check: a push watcher follows the store live, with no gap open.
+        self.free = False
         self.connected = False
         self.since = time.time()
         self.error: str | None = None
@@ -129,10 +131,11 @@ class Syncer:
 
     # -- what readers ask --------------------------------------------------------------------------
 
-    @property
-    def free(self) -> bool:
-        """A read may skip the check: a push watcher follows the store live, with no gap open."""
-        return self._live and self._gaps_filled == self._gaps and not self._reload and not self.cache.dirty
+    def _update_free(self) -> None:
+        # A plain attribute, kept up to date at every change of its inputs: hot reads test it.
+        self.free = (
+            self._live and self._gaps_filled == self._gaps and not self._reload and not self.cache.dirty
+        )
 
     def unconfirmed_for(self) -> float:
         """Seconds since the cache was last confirmed against the store: 0 while a watcher follows
@@ -208,7 +211,7 @@ class Syncer:
     def mark_closed(self, reason: str) -> None:
         """The dict closes (or can no longer be used): say so to every listener."""
         self.closed = reason
-        self._live = False
+        self._live = self.free = False
         _observe.untrack(self)
         self._evaluate()
 
@@ -262,6 +265,7 @@ class Syncer:
         confirmed) because the store could not be reached: interrupted until the store answers."""
         self._needs_start = True
         self.cache.dirty = True
+        self.free = False
         now_wall, now = time.time(), time.monotonic()
         self.confirmed_wall = confirmed_wall if confirmed_wall is not None else 0.0
         self._confirmed_at = now - (now_wall - confirmed_wall) if confirmed_wall is not None else -math.inf
@@ -297,6 +301,7 @@ class Syncer:
                 # The store's token at our version is not ours: it went back in time and moved on.
                 self._went_back(asked, delta.version)
                 self._reload = True
+                self._update_free()
                 continue
             if outcome is Outcome.REWOUND and not self._reload:
                 self._went_back(asked, delta.version)
@@ -305,6 +310,7 @@ class Syncer:
             if outcome is not Outcome.BEHIND:
                 break
         self._gaps_filled = max(self._gaps_filled, gaps)
+        self._update_free()
         self._confirm()
         _observe.event(self.name, "sync")
         if not self.watch:
@@ -318,6 +324,7 @@ class Syncer:
             return
         if outcome is Outcome.DIVERGED:
             self._reload = True
+            self._update_free()
         try:
             await self.check()
         except NotOpenError:
@@ -343,6 +350,7 @@ class Syncer:
 
     def _gap(self) -> None:
         self._gaps += 1
+        self.free = False
         self.resync.set()
         _observe.event(self.name, "gap")
 
@@ -424,6 +432,7 @@ class Syncer:
         self._set_connected(False, error)
 
     def _set_connected(self, connected: bool, error: BaseException | None = None) -> None:
+        self._update_free()
         before = (self.connected, self.error, self._live)
         if error is not None:
             self.error = f"{type(error).__name__}: {error}"
@@ -448,7 +457,7 @@ class Syncer:
 
     async def stop_watcher(self) -> None:
         """Stop the watcher and wait for it."""
-        self._live = False
+        self._live = self.free = False
         await self._watcher.stop()
 
     def abandon(self) -> None:

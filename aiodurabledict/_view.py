@@ -73,6 +73,11 @@ class CachedView(Generic[V]):
         return self._cache.version
 
     @property
+    def changes_applied(self) -> int:
+        """How many changes (a key taking a new value, or going away) the cache has applied."""
+        return self._cache.changes
+
+    @property
     def undecodable(self) -> frozenset[str]:
         """Keys whose stored value the codec could not decode (reading them raises ``DecodeError``)."""
         return frozenset(self._data.bad)
