@@ -28,6 +28,7 @@ from .errors import (
     EncodeError,
     InvalidKeyError,
     NotOpenError,
+    ReplicationError,
     ValueTooLargeError,
 )
 
@@ -562,6 +563,10 @@ class AsyncDurableDict(Generic[V]):
         """One store call for the application, bounded by ``timeout``; a closed dict says so."""
         try:
             return await self._sync.call(aw, self._timeout)
+        except ReplicationError as exc:
+            # Committed on the primary, only not on enough replicas: the cache shows the write.
+            await self._place(exc.delta)
+            raise
         except BackendError:
             self._ensure_open()
             raise
