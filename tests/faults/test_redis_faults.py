@@ -141,17 +141,17 @@ async def test_frozen_server_is_reported_then_recovered() -> None:
 
 async def test_heartbeat_converges_without_notices() -> None:
     """A reader that hears no notice (every one lost) still converges by its heartbeat."""
-    async with private_redis() as (server, clients):
-        async with (
-            AsyncDurableDict[Any](deaf(RedisBackend(KEYSPACE, client(server, clients))), **FAST) as d,
-            RedisDict[Any](KEYSPACE, client(server, clients), **FAST) as writer,
-        ):
-            await eventually(lambda: d.status.connected)
-            for i in range(20):
-                await writer.set(f"k{i}", i)
-            await writer.delete("k3")
-            expected = {f"k{i}": i for i in range(20) if i != 3}
-            await eventually(lambda: dict(d.view) == expected)
+    async with (
+        private_redis() as (server, clients),
+        AsyncDurableDict[Any](deaf(RedisBackend(KEYSPACE, client(server, clients))), **FAST) as d,
+        RedisDict[Any](KEYSPACE, client(server, clients), **FAST) as writer,
+    ):
+        await eventually(lambda: d.status.connected)
+        for i in range(20):
+            await writer.set(f"k{i}", i)
+        await writer.delete("k3")
+        expected = {f"k{i}": i for i in range(20) if i != 3}
+        await eventually(lambda: dict(d.view) == expected)
 
 
 async def test_killed_subscription_resubscribes_and_catches_up() -> None:

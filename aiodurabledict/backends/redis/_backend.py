@@ -112,8 +112,7 @@ class RedisBackend:
         )
 
     def __repr__(self) -> str:
-        kind = type(self.topology).__name__.lower().replace("topology", "redis")
-        return f"RedisBackend({self.keyspace!r}, {kind}, db={self.topology.namespace})"
+        return f"RedisBackend({self.keyspace!r} on {self.topology.describe()})"
 
     # -- lifecycle --------------------------------------------------------------------------------
 

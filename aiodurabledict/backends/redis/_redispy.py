@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import MovedError, RedisClusterException, RedisError, ResponseError
 
-from ...errors import map_exceptions
+from ...errors import BackendError, map_exceptions
 
 __all__ = ["REDIS_ERRORS", "db_of", "decodes_responses", "honour_cancel", "redis_errors"]
 
@@ -23,9 +23,22 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterExcepti
 
 @contextmanager
 def redis_errors(message: str = "Redis failed") -> Iterator[None]:
-    """Map redis-py's errors to ``BackendError`` (the native error as ``__cause__``)."""
-    with map_exceptions(*REDIS_ERRORS, message=message):
-        yield
+    """Map redis-py's errors to ``BackendError`` (the native error as ``__cause__``).
+
+    ``MOVED`` from a plain client means it talks to a cluster node that does not own the dict's
+    slot: said plainly, since no retry of the same call can succeed.
+    """
+    try:
+        with map_exceptions(*REDIS_ERRORS, message=message):
+            yield
+    except BackendError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MovedError) or (isinstance(cause, ResponseError) and "MOVED" in str(cause)):
+            raise BackendError(
+                "this Redis server is a Redis Cluster node that does not own the dict's slot "
+                "(MOVED); use a RedisCluster client or a redis+cluster:// URL"
+            ) from cause
+        raise
 
 
 async def honour_cancel(call: Awaitable[T]) -> T:

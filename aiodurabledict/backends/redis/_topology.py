@@ -83,6 +83,12 @@ class Topology:
         """What tells this store's notices from another's with the same keyspace (the database)."""
         return str(db_of(self.client))
 
+    def describe(self) -> str:
+        """Which server, for logs (never a credential)."""
+        service = getattr(self.client.connection_pool, "service_name", None)
+        where = "Redis" if service is None else f"Redis Sentinel {service!r}"
+        return f"{where} db {self.namespace}"
+
     async def start(self) -> None:
         """Load the scripts where they are missing (one small round trip when they are there)."""
         scripts = list(SCRIPTS.values())
@@ -146,6 +152,9 @@ class Cluster(Topology):
     @property
     def namespace(self) -> str:
         return "0"
+
+    def describe(self) -> str:
+        return "Redis Cluster"
 
     async def start(self) -> None:
         """Nothing: a node that lacks a script is sent its source once (EVALSHA falls back to EVAL)."""
