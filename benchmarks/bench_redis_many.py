@@ -89,6 +89,13 @@ async def run(report: Report, quick: bool) -> None:
         await admin.aclose()
 
 
+async def _arrival(stream: Any, started: int, delays: list[float]) -> None:
+    async for change in stream:
+        if change.key == "fan":
+            delays.append(time.perf_counter_ns() - started)
+            return
+
+
 async def _fan_out(
     report: Report, admin: Redis, keyspace: str, dicts: list[RedisDict[Any]], rounds: int
 ) -> None:
@@ -109,16 +116,8 @@ async def _fan_out(
             started = time.perf_counter_ns()
             await writer.set("fan", i)
 
-            async def arrival(stream: Any) -> None:
-                async for change in stream:
-                    if change.key == "fan":
-                        delays.append(time.perf_counter_ns() - started)
-                        return
-
             async with asyncio.timeout(30):
-                await asyncio.gather(*(arrival(s) for s in streams))
-    for stream in streams:
-        await stream.aclose()
+                await asyncio.gather(*(_arrival(s, started, delays) for s in streams))
     timing = timing_of(delays)
     report.add(
         GROUP,
