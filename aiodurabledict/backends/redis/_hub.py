@@ -273,8 +273,15 @@ class Subscription:
 
     async def __aenter__(self) -> Self:
         try:
-            self._hub = self._find_hub()
-            await self._hub.join(self._channel, self._feed, self._timeout)
+            # Bounded as a whole: a frozen node accepts connections and never answers them.
+            async with asyncio.timeout(self._timeout):
+                self._hub = self._find_hub()
+                await self._hub.join(self._channel, self._feed, self._timeout)
+        except TimeoutError:
+            await self._leave()
+            error = BackendError(f"subscribing took longer than {self._timeout:g} s")
+            await self._refuse(error)
+            raise error from None
         except BaseException as exc:
             await self._leave()
             if isinstance(exc, REDIS_ERRORS):
