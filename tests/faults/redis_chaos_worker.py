@@ -42,6 +42,7 @@ def _write_json(path: Path, content: Any) -> None:
 async def _write(d: RedisDict[Any], rng: random.Random, index: int, out: Path, stop: Path) -> None:
     final: dict[str, Any] = {}
     uncertain: set[str] = set()
+    journal: list[str] = []
     acked = failed = 0
     serial = 0
     while not _exists(stop):
@@ -50,7 +51,12 @@ async def _write(d: RedisDict[Any], rng: random.Random, index: int, out: Path, s
         op = rng.random()
         touched: dict[str, Any]
         try:
-            if op < 0.55:
+            if op < 0.2:
+                entry = f"w{index}:journal{serial}"
+                await d.set(entry, serial)
+                journal.append(entry)
+                touched = {}
+            elif op < 0.55:
                 await d.set(key, serial)
                 touched = {key: serial}
             elif op < 0.7:
@@ -66,7 +72,8 @@ async def _write(d: RedisDict[Any], rng: random.Random, index: int, out: Path, s
                 touched = {}
         except BackendError:
             failed += 1
-            uncertain.update([key] if op < 0.85 else [])
+            if 0.2 <= op < 0.85:
+                uncertain.add(key)
             await asyncio.sleep(0.05)
             continue
         acked += 1
@@ -74,7 +81,13 @@ async def _write(d: RedisDict[Any], rng: random.Random, index: int, out: Path, s
             final[k] = v
             uncertain.discard(k)
         await asyncio.sleep(rng.uniform(0.002, 0.02))
-    report = {"acked": acked, "failed": failed, "final": final, "uncertain": sorted(uncertain)}
+    report = {
+        "acked": acked,
+        "failed": failed,
+        "final": final,
+        "uncertain": sorted(uncertain),
+        "journal": journal,
+    }
     _write_json(out, report)
 
 
