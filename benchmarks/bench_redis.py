@@ -1,6 +1,6 @@
 """RedisDict against raw redis-py on the same server, in the same run.
 
-Rows: autosync ``get()`` with a live watcher vs one GET; ``sync()`` unchanged (round trips counted);
+Rows: autosync ``get()`` with a live watcher vs one GET; failovers (see ``redis_failover``); ``sync()`` unchanged (round trips counted);
 ``sync()`` after one remote change vs a full reload (HGETALL + decode) at several N; a write at those
 N vs one HSET; ``open()`` vs HGETALL + decode; propagation from a writer in another process to the
 cache vs raw PUBLISH -> subscriber. Uses keyspaces ``bench:<random>`` and deletes them afterwards.
@@ -25,6 +25,7 @@ from redis.asyncio import Connection, Redis
 from aiodurabledict import JSONCodec
 from aiodurabledict.backends.redis import RedisDict
 from benchmarks._harness import Report, compare_async, timing_of
+from benchmarks.redis_failover import run_failover
 
 GROUP = "redis"
 URL = os.environ.get("AIODURABLEDICT_REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -83,6 +84,7 @@ async def run(report: Report, quick: bool) -> None:
             await _at_size(report, client, n, 5 if quick else max(7, 2_000_000 // (n * 10)))
         await _open(report, client, sizes[-1], 3 if quick else 9)
         await _propagation(report, client, 60 if quick else 400)
+        await run_failover(report, GROUP, quick)
     finally:
         await client.aclose()
         await counted.aclose()

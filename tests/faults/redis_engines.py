@@ -60,6 +60,9 @@ class Engine(Protocol):
     async def fail_over(self, keyspace: str) -> None:
         """Kill -9 the master that holds ``keyspace`` and wait until another serves it."""
 
+    def kill_master(self, keyspace: str) -> None:
+        """Kill -9 the master that holds ``keyspace`` now; the engine fails over by itself."""
+
     async def lag(self, keyspace: str) -> None:
         """Cut off the replica of ``keyspace``'s master: what the master takes now is lost by..."""
 
@@ -95,6 +98,11 @@ class ClusterEngine:
         master = self._master(keyspace)
         self._killed.append(master)
         await self.servers.afail_over(master)
+
+    def kill_master(self, keyspace: str) -> None:
+        master = self._master(keyspace)
+        self._killed.append(master)
+        self.servers.kill(master)
 
     async def lag(self, keyspace: str) -> None:
         master = self._master(keyspace)
@@ -136,6 +144,11 @@ class SentinelEngine:
         old = self.servers.node_at(self.servers.master_address())
         self._killed.append(old)
         await self.servers.afail_over()
+
+    def kill_master(self, keyspace: str) -> None:
+        old = self.servers.node_at(self.servers.master_address())
+        self._killed.append(old)
+        self.servers.kill(old)
 
     async def lag(self, keyspace: str) -> None:
         self._killed.append(self.servers.master())

@@ -200,16 +200,18 @@ return committed(v, prev, ptok, 1, new)
 
 # ARGV[1] the cache's version. Replies {version, token, mode, prev_token, keys, values}; mode 0:
 # nothing changed (nothing else sent), 1: the range after ARGV[1], 2: a full load is needed.
+# Self-contained, with the nothing-changed answer first: it is the check every sync() makes.
 _CHANGES = r"""
 local since = tonumber(ARGV[1])
-local v, t = current()
+local v = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = redis.call('GET', KEYS[5])
 if since == v then return {v, t, 0} end
-if since > v or since < tonumber(redis.call('GET', horkey) or '0') then return {v, t, 2} end
-local at = redis.call('ZRANGEBYSCORE', histkey, since, since, 'LIMIT', 0, 1)
-local keys = redis.call('ZRANGEBYSCORE', logkey, '(' .. fmt(since), '+inf')
+if since > v or since < tonumber(redis.call('GET', KEYS[4]) or '0') then return {v, t, 2} end
+local at = redis.call('ZRANGEBYSCORE', KEYS[6], since, since, 'LIMIT', 0, 1)
+local keys = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. string.format('%d', since), '+inf')
 local vals = {}
-for i = 1, #keys, CHUNK do
-  local part = redis.call('HMGET', data, unpack(keys, i, math.min(i + CHUNK - 1, #keys)))
+for i = 1, #keys, 1000 do
+  local part = redis.call('HMGET', KEYS[1], unpack(keys, i, math.min(i + 999, #keys)))
   for j = 1, #part do vals[#vals + 1] = part[j] end
 end
 return {v, t, 1, at[1] or false, keys, vals}
@@ -256,6 +258,6 @@ SCRIPTS = {
     "update": Script(_UPDATE),
     "clear": Script(_CLEAR),
     "compare_and_set": Script(_CAS),
-    "changes": Script(_CHANGES, _READ_PRELUDE),
+    "changes": Script(_CHANGES, ""),
     "load": Script(_LOAD, _READ_PRELUDE),
 }
