@@ -45,7 +45,7 @@ async def run_failover(report: Report, group: str, quick: bool) -> None:
                 writer = await stack.enter_async_context(opened(engine.spec, keyspace, watch=False, **opts))
                 await writer.update({f"k{i}": i for i in range(100)})
                 for round_ in range(rounds):
-                    await _until(lambda: all(w.live and len(w) >= 100 for w in watchers), 30)
+                    await _until(lambda: all(w.live and len(w) >= 100 for w in watchers), 30)  # noqa: B023
                     killed = time.monotonic()
                     engine.kill_master(keyspace)
                     while True:  # the engine serves again when a write succeeds
@@ -56,7 +56,7 @@ async def run_failover(report: Report, group: str, quick: bool) -> None:
                             await asyncio.sleep(0.02)
                     served = time.monotonic()
                     expected = await read_store(engine.spec, keyspace)
-                    await _until(lambda: all(w == expected for w in watchers), 60)
+                    await _until(lambda: all(w == expected for w in watchers), 60)  # noqa: B023
                     done = time.monotonic()
                     failovers.append((served - killed) * 1e9)
                     converged.append((done - killed) * 1e9)

@@ -31,6 +31,8 @@ log = logging.getLogger("aiodurabledict.redis")
 _SLICE = 5.0
 # Bound on leaving (UNSUBSCRIBE, closing), which runs even while the dict is being cancelled.
 _LEAVE_TIMEOUT = 2.0
+# Pause between attempts to subscribe while the server is failing over.
+_RETRY = 0.1
 # What ends the reader: the connection failed, or the server went silent.
 _BREAKS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, BackendError)
 
@@ -272,25 +274,35 @@ class Subscription:
         self._hub: Hub | None = None
 
     async def __aenter__(self) -> Self:
-        try:
-            # Bounded as a whole: a frozen node accepts connections and never answers them.
-            async with asyncio.timeout(self._timeout):
-                self._hub = self._find_hub()
-                await self._hub.join(self._channel, self._feed, self._timeout)
-        except TimeoutError:
-            await self._leave()
-            error = BackendError(f"subscribing took longer than {self._timeout:g} s")
-            await self._refuse(error)
-            raise error from None
-        except BaseException as exc:
-            await self._leave()
-            if isinstance(exc, REDIS_ERRORS):
+        """Join, trying again every ``_RETRY`` seconds for up to ``timeout``: a failover (a master
+        being replaced, a slot changing hands) is followed as soon as it completes, rather than
+        after the watcher's backoff. Raises ``BackendError`` once the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while True:
+            try:
+                # Bounded as a whole: a frozen node accepts connections and never answers them.
+                async with asyncio.timeout_at(deadline):
+                    self._hub = self._find_hub()
+                    await self._hub.join(self._channel, self._feed, self._timeout)
+                return self
+            except TimeoutError:
+                await self._leave()
+                error = BackendError(f"could not subscribe within {self._timeout:g} s")
+                await self._refuse(error)
+                raise error from None
+            except BaseException as exc:
+                await self._leave()
+                if not isinstance(exc, (*REDIS_ERRORS, BackendError)):
+                    raise
                 await self._refuse(exc)
-                raise BackendError(f"cannot subscribe: {type(exc).__name__}: {exc}") from exc
-            if isinstance(exc, BackendError):
-                await self._refuse(exc)
-            raise
-        return self
+                if loop.time() + _RETRY >= deadline:
+                    if isinstance(exc, BackendError):
+                        raise
+                    raise BackendError(f"cannot subscribe: {type(exc).__name__}: {exc}") from exc
+                log.debug("subscribing failed (%s: %s); trying again", type(exc).__name__, exc)
+                self._feed = Feed()
+                await asyncio.sleep(_RETRY)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._leave()
