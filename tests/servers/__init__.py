@@ -7,10 +7,14 @@ processes they own: they can stop, kill, freeze and restart them without disturb
 Every private server is killed by pid when its test ends (fixtures), when its ``with`` block ends,
 and, as a last resort, when the interpreter exits.
 
-- ``single``: ``RedisServer``, ``MemcachedServer``, ``ZookeeperServer``, ``PostgresServer``.
+- ``single``: ``RedisServer``, ``MemcachedServer``, ``ZookeeperServer``, ``PostgresServer``;
+- ``redis_cluster``: ``RedisClusterServers`` (masters and replicas in one Redis Cluster);
+- ``sentinel``: ``RedisSentinelSet`` (a master, its replica and three sentinels);
+- ``zookeeper``: ``ZookeeperEnsemble`` (three ZooKeeper peers).
 
-Fixtures (import them into a conftest): ``redis_server``, ``zookeeper_server``, ``memcached_server``
-and ``postgres_server`` are factories; each call starts one more server and returns it.
+Fixtures (import them into a conftest): ``redis_server``, ``zookeeper_server``, ``memcached_server``,
+``postgres_server``, ``redis_cluster_servers``, ``redis_sentinel_set`` and ``zookeeper_ensemble`` are
+factories; each call starts one more server (or group) and returns it.
 """
 
 from tests.servers._base import (
@@ -26,6 +30,8 @@ from tests.servers._base import (
     wait_for,
 )
 from tests.servers._group import ServerGroup
+from tests.servers.redis_cluster import RedisClusterNode, RedisClusterServers, redis_cluster_servers
+from tests.servers.sentinel import RedisSentinelSet, SentinelDataNode, SentinelNode, redis_sentinel_set
 from tests.servers.shared import (
     memcached_address,
     postgres_url,
@@ -49,16 +55,24 @@ from tests.servers.single import (
     redis_server,
     zookeeper_server,
 )
+from tests.servers.zookeeper import ZookeeperEnsemble, ZookeeperPeer, zookeeper_ensemble
 
 __all__ = [
     "REQUIRE_SERVERS_ENV",
     "MemcachedServer",
     "PostgresServer",
+    "RedisClusterNode",
+    "RedisClusterServers",
+    "RedisSentinelSet",
     "RedisServer",
+    "SentinelDataNode",
+    "SentinelNode",
     "Server",
     "ServerError",
     "ServerExited",
     "ServerGroup",
+    "ZookeeperEnsemble",
+    "ZookeeperPeer",
     "ZookeeperServer",
     "answers",
     "free_port",
@@ -68,6 +82,8 @@ __all__ = [
     "memcached_server",
     "postgres_server",
     "postgres_url",
+    "redis_cluster_servers",
+    "redis_sentinel_set",
     "redis_server",
     "redis_url",
     "require_memcached",
@@ -80,5 +96,6 @@ __all__ = [
     "unavailable",
     "wait_for",
     "zookeeper_address",
+    "zookeeper_ensemble",
     "zookeeper_server",
 ]
