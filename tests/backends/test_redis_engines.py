@@ -15,15 +15,9 @@ from redis.crc import key_slot
 from aiodurabledict import BackendError, ReplicationError, open_dict
 from aiodurabledict.backends.redis import RedisDict
 from aiodurabledict.testing.conformance import eventually
+from tests.servers import require_redis_cluster, require_redis_sentinel
 from tests.stores.redis import redis_keyspace
-from tests.stores.redis_engines import (
-    CLUSTER_ENV,
-    SENTINEL_ENV,
-    SERVICE_ENV,
-    cluster_client,
-    engine_keyspace,
-    sentinel_client,
-)
+from tests.stores.redis_engines import cluster_client, engine_keyspace, sentinel_client
 
 pytestmark = pytest.mark.redis
 
@@ -107,19 +101,15 @@ async def test_waiting_for_the_engines_replica(engine: str) -> None:
 
 async def test_engine_urls_open_dicts() -> None:
     """redis+cluster:// and redis+sentinel:// URLs open dicts that share one store through either."""
-    import os
-
-    cluster = os.environ.get(CLUSTER_ENV)
-    sentinels = os.environ.get(SENTINEL_ENV)
-    if not cluster or not sentinels:
-        pytest.skip("the shared engines are not configured")
+    cluster = ",".join(require_redis_cluster())
+    sentinel_addresses, service = require_redis_sentinel()
+    sentinels = ",".join(sentinel_addresses)
     async with engine_keyspace(_cluster) as (keyspace, _):
         url = f"redis+cluster://{cluster}/?keyspace={keyspace}&wait_replicas=1&wait_timeout=2"
         async with open_dict(url, heartbeat=0.5) as a, open_dict(url, heartbeat=0.5) as b:
             assert a.backend.wait_replicas == 1  # type: ignore[attr-defined]
             await a.set("k", [1])
             await eventually(lambda: b.view.get("k") == [1])
-    service = os.environ.get(SERVICE_ENV) or "mymaster"
     async with engine_keyspace(sentinel_client) as (keyspace, _):
         url = f"redis+sentinel://{sentinels}/{service}?keyspace={keyspace}"
         async with open_dict(url, heartbeat=0.5) as a, open_dict(url, heartbeat=0.5) as b:

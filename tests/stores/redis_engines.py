@@ -8,7 +8,6 @@ per test; the keyspace's keys are deleted and the clients closed afterwards.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,25 +17,14 @@ import pytest
 
 from aiodurabledict import AsyncDurableDict
 from aiodurabledict.testing.conformance import Factory
-from tests.servers import answers, unavailable
+from tests.servers import require_redis_cluster, require_redis_sentinel
 from tests.wrappers import deaf
 
-CLUSTER_ENV = "AIODURABLEDICT_REDIS_CLUSTER"
-SENTINEL_ENV = "AIODURABLEDICT_REDIS_SENTINEL"
-SERVICE_ENV = "AIODURABLEDICT_REDIS_SENTINEL_SERVICE"
 _PARTS = ("data", "version", "log", "horizon", "token", "tokens")
 
 
-def _addresses(variable: str, what: str) -> list[tuple[str, int]]:
-    listed = [a.strip() for a in os.environ.get(variable, "").split(",") if a.strip()]
-    if not listed:
-        unavailable(
-            f'{what}: {variable} is not set (scripts/servers.sh start; eval "$(scripts/servers.sh env)")'
-        )
-    silent = [a for a in listed if not answers(a)]
-    if silent:
-        unavailable(f"{what} does not answer at {', '.join(silent)} ({variable})")
-    return [(host, int(port)) for host, _, port in (a.rpartition(":") for a in listed)]
+def _pairs(addresses: list[str]) -> list[tuple[str, int]]:
+    return [(host, int(port)) for host, _, port in (a.rpartition(":") for a in addresses)]
 
 
 def cluster_client(**options: Any) -> Any:
@@ -44,7 +32,7 @@ def cluster_client(**options: Any) -> Any:
     from redis.asyncio import RedisCluster
     from redis.asyncio.cluster import ClusterNode
 
-    nodes = [ClusterNode(host, port) for host, port in _addresses(CLUSTER_ENV, "Redis Cluster")]
+    nodes = [ClusterNode(host, port) for host, port in _pairs(require_redis_cluster())]
     return RedisCluster(startup_nodes=nodes, **options)
 
 
@@ -52,9 +40,9 @@ def sentinel_client(**options: Any) -> tuple[Any, list[Any]]:
     """A new client of the shared Sentinel service's master, and the sentinels' clients to close."""
     from redis.asyncio.sentinel import Sentinel
 
-    sentinels = _addresses(SENTINEL_ENV, "Redis Sentinel")
-    sentinel = Sentinel(sentinels, **options)  # type: ignore[no-untyped-call]
-    return sentinel.master_for(os.environ.get(SERVICE_ENV) or "mymaster"), list(sentinel.sentinels)
+    sentinels, service = require_redis_sentinel()
+    sentinel = Sentinel(_pairs(sentinels), **options)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service), list(sentinel.sentinels)
 
 
 @asynccontextmanager
