@@ -22,6 +22,7 @@ from .errors import (
     EncodeError,
     InvalidKeyError,
     NotOpenError,
+    ReplicationError,
     StaleError,
     ValueTooLargeError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "PushBackend",
     "RawCodec",
     "RedisDict",
+    "ReplicationError",
     "StaleError",
     "Status",
     "ValueTooLargeError",

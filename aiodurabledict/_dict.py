@@ -31,6 +31,7 @@ from .errors import (
     DecodeError,
     EncodeError,
     InvalidKeyError,
+    ReplicationError,
     ValueTooLargeError,
 )
 
@@ -389,6 +390,10 @@ class AsyncDurableDict(CachedView[V]):
         """One store call for the application, bounded by ``timeout``; a closed dict says so."""
         try:
             return await self._sync.call(aw, self._timeout, operation)
+        except ReplicationError as exc:
+            # Committed on the primary, only not on enough replicas: the cache shows the write.
+            await self._place(exc.delta)
+            raise
         except BackendError:
             self._ensure_open()
             raise

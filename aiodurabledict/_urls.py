@@ -46,9 +46,11 @@ class _Opener(Protocol):
 
 # scheme -> (opener module, the extra that brings its client library)
 _OPENERS: Mapping[str, tuple[str, str]] = {
-    "redis": (".backends.redis_url", "redis"),
-    "rediss": (".backends.redis_url", "redis"),
-    "redis+unix": (".backends.redis_url", "redis"),
+    "redis": (".backends.redis.url", "redis"),
+    "rediss": (".backends.redis.url", "redis"),
+    "redis+unix": (".backends.redis.url", "redis"),
+    "redis+cluster": (".backends.redis.url", "redis"),
+    "redis+sentinel": (".backends.redis.url", "redis"),
     "zookeeper": (".backends.zookeeper_url", "zookeeper"),
     "sqlite": (".backends.tortoise_url", "tortoise"),
     "postgres": (".backends.tortoise_url", "postgres"),

@@ -2,7 +2,8 @@
 
 DurableDictError
  ├── BackendError          the store failed or is unreachable (the client's error is __cause__)
- │    └── StaleError       the cache went unconfirmed for longer than ``max_staleness``
+ │    ├── StaleError       the cache went unconfirmed for longer than ``max_staleness``
+ │    └── ReplicationError a write committed, but fewer replicas than asked acknowledged it
  ├── NotOpenError          used before ``open()`` or after ``aclose()``, or in another process
  ├── EncodeError           (also ValueError) the codec cannot encode a value; nothing was written
  ├── DecodeError           (also ValueError) a stored value cannot be decoded; names the key
@@ -15,6 +16,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._backend import Delta
 
 __all__ = [
     "BackendError",
@@ -23,6 +28,7 @@ __all__ = [
     "EncodeError",
     "InvalidKeyError",
     "NotOpenError",
+    "ReplicationError",
     "StaleError",
     "ValueTooLargeError",
     "map_exceptions",
@@ -39,6 +45,20 @@ class BackendError(DurableDictError):
 
 class StaleError(BackendError):
     """The cache has gone unconfirmed for longer than the dict's ``max_staleness``."""
+
+
+class ReplicationError(BackendError):
+    """A write committed on the primary, but fewer replicas than asked acknowledged it in time.
+
+    The write stands (the cache shows it), yet a failover before it reaches a replica would lose
+    it. ``acknowledged`` and ``required`` count replicas; ``delta`` is what the write committed.
+    """
+
+    def __init__(self, message: str, *, delta: Delta, acknowledged: int, required: int) -> None:
+        super().__init__(message)
+        self.delta = delta
+        self.acknowledged = acknowledged
+        self.required = required
 
 
 class NotOpenError(DurableDictError):

@@ -1,6 +1,6 @@
 """RedisDict against raw redis-py on the same server, in the same run.
 
-Rows: autosync ``get()`` with a live watcher vs one GET; ``sync()`` unchanged (round trips counted);
+Rows: autosync ``get()`` with a live watcher vs one GET; failovers (see ``redis_failover``); ``sync()`` unchanged (round trips counted);
 ``sync()`` after one remote change vs a full reload (HGETALL + decode) at several N; a write at those
 N vs one HSET; ``open()`` vs HGETALL + decode; propagation from a writer in another process to the
 cache vs raw PUBLISH -> subscriber. Uses keyspaces ``bench:<random>`` and deletes them afterwards.
@@ -25,6 +25,7 @@ from redis.asyncio import Connection, Redis
 from aiodurabledict import JSONCodec
 from aiodurabledict.backends.redis import RedisDict
 from benchmarks._harness import Report, compare_async, timing_of
+from benchmarks.redis_failover import run_failover
 
 GROUP = "redis"
 URL = os.environ.get("AIODURABLEDICT_REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -50,7 +51,9 @@ async def _keyspace(client: Redis) -> AsyncIterator[str]:
     try:
         yield keyspace
     finally:
-        await client.delete(*(f"{{{keyspace}}}:{part}" for part in ("data", "version", "log", "horizon")))
+        await client.delete(
+            *(f"{{{keyspace}}}:{part}" for part in ("data", "version", "log", "horizon", "token", "tokens"))
+        )
 
 
 async def _fill(client: Redis, keyspace: str, n: int) -> None:
@@ -81,6 +84,7 @@ async def run(report: Report, quick: bool) -> None:
             await _at_size(report, client, n, 5 if quick else max(7, 2_000_000 // (n * 10)))
         await _open(report, client, sizes[-1], 3 if quick else 9)
         await _propagation(report, client, 60 if quick else 400)
+        await run_failover(report, GROUP, quick)
     finally:
         await client.aclose()
         await counted.aclose()
@@ -221,11 +225,10 @@ async def _propagation(report: Report, client: Redis, count: int) -> None:
     gc.collect()
     raw: list[int] = []
     cached: list[int] = []
-    applied: list[int] = []
     async with (
         _keyspace(client) as keyspace,
         client.pubsub() as pubsub,
-        _Stamped(keyspace, client, applied) as d,
+        RedisDict[Any](keyspace, client) as d,
     ):
         await pubsub.subscribe(f"{{{keyspace}}}:raw")
         await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
@@ -254,34 +257,16 @@ async def _propagation(report: Report, client: Redis, count: int) -> None:
         finally:
             await writer.wait()
     raw_timing = timing_of(raw[count // 10 :])
-    for name, stamps in (
-        ("propagation p50 (writer process -> cache)", applied),
-        ("propagation p50 (writer process -> changes() consumer)", cached),
-    ):
-        timing = timing_of(stamps[count // 10 :])
-        report.add(
-            GROUP,
-            name,
-            timing,
-            baseline="raw PUBLISH -> subscriber",
-            baseline_timing=raw_timing,
-            note=f"p99 {timing.p99 / 1000:.0f} µs vs raw p99 {raw_timing.p99 / 1000:.0f} µs",
-            keep_samples=stamps is applied,
-        )
-
-
-class _Stamped(RedisDict[Any]):
-    """Stamps the moment each notice has been applied to the cache (what a reader of d[k] sees)."""
-
-    def __init__(self, keyspace: str, client: Redis, stamps: list[int]) -> None:
-        super().__init__(keyspace, client)
-        self._stamps = stamps
-
-    def _on_notice(self, delta: Any) -> None:
-        super()._on_notice(delta)
-        value = self.view.get("t")
-        if isinstance(value, dict):
-            self._stamps.append(time.monotonic_ns() - value["t"])
+    timing = timing_of(cached[count // 10 :])
+    report.add(
+        GROUP,
+        "propagation p50 (writer process -> changes() consumer)",
+        timing,
+        baseline="raw PUBLISH -> subscriber",
+        baseline_timing=raw_timing,
+        note=f"p99 {timing.p99 / 1000:.0f} µs vs raw p99 {raw_timing.p99 / 1000:.0f} µs",
+        keep_samples=True,
+    )
 
 
 async def _writer(keyspace: str, count: int, url: str) -> None:

@@ -389,6 +389,7 @@ def test_public_surface() -> None:
         "PushBackend",
         "RawCodec",
         "RedisDict",
+        "ReplicationError",
         "StaleError",
         "Status",
         "ValueTooLargeError",

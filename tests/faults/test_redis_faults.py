@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,8 +21,11 @@ from aiodurabledict import AsyncDurableDict, BackendError, EncodeError
 from aiodurabledict.backends.redis import RedisBackend, RedisDict
 from aiodurabledict.testing.conformance import eventually
 from tests.servers import RedisServer, ServerError, unavailable
+from tests.wrappers import deaf
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
+
+T = TypeVar("T")
 
 KEYSPACE = "faults"
 # Small bounds so that outages are noticed (and tests end) quickly.
@@ -139,20 +142,18 @@ async def test_frozen_server_is_reported_then_recovered() -> None:
 
 
 async def test_heartbeat_converges_without_notices() -> None:
-    """A writer that publishes nothing (every notice lost) still reaches the readers by the heartbeat."""
-    async with private_redis() as (server, clients):
-        silent = RedisBackend(KEYSPACE, client(server, clients))
-        silent._publish = False
-        async with (
-            RedisDict[Any](KEYSPACE, client(server, clients), **FAST) as d,
-            AsyncDurableDict[Any](silent, **FAST) as writer,
-        ):
-            await eventually(lambda: d.status.connected)
-            for i in range(20):
-                await writer.set(f"k{i}", i)
-            await writer.delete("k3")
-            expected = {f"k{i}": i for i in range(20) if i != 3}
-            await eventually(lambda: dict(d.view) == expected)
+    """A reader that hears no notice (every one lost) still converges by its heartbeat."""
+    async with (
+        private_redis() as (server, clients),
+        AsyncDurableDict[Any](deaf(RedisBackend(KEYSPACE, client(server, clients))), **FAST) as d,
+        RedisDict[Any](KEYSPACE, client(server, clients), **FAST) as writer,
+    ):
+        await eventually(lambda: d.status.connected)
+        for i in range(20):
+            await writer.set(f"k{i}", i)
+        await writer.delete("k3")
+        expected = {f"k{i}": i for i in range(20) if i != 3}
+        await eventually(lambda: dict(d.view) == expected)
 
 
 async def test_killed_subscription_resubscribes_and_catches_up() -> None:
@@ -163,7 +164,7 @@ async def test_killed_subscription_resubscribes_and_catches_up() -> None:
             RedisDict[Any](KEYSPACE, client(server, clients), heartbeat=30.0) as d,
             RedisDict[Any](KEYSPACE, client(server, clients)) as writer,
         ):
-            channel = "{faults}:notices"
+            channel = "{faults}:notices:0"
             for round_ in range(3):
                 for _ in range(500):  # both watchers (re)subscribed
                     if (await admin.pubsub_numsub(channel))[0][1] == 2:
@@ -249,5 +250,73 @@ async def test_cancelled_writes_on_a_paused_server_leave_clients_consistent() ->
         # A cancelled script may still have run once Redis resumed: whatever landed is consistent.
         loaded = await backend.load()
         since_zero = await backend.changes_since(0)
-        assert (since_zero.version, since_zero.changes) == (loaded.version, loaded.changes)
-        assert loaded.version == len(loaded.changes)
+        assert (since_zero.version, since_zero.changes, since_zero.token) == (
+            loaded.version,
+            loaded.changes,
+            loaded.token,
+        )
+
+
+async def retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again while the store is coming back (a client's first call after a restart
+    finds its connection closed)."""
+    for _ in range(100):
+        try:
+            return await call()
+        except BackendError:
+            await asyncio.sleep(0.05)
+    return await call()
+
+
+class _SnapshotRedis(RedisServer):
+    """A private Redis that keeps its RDB file across restarts (``SAVE`` writes it; nothing else
+    does), so that a test can put an older snapshot back before starting it again."""
+
+    def _prepare(self) -> None:
+        """Keep ``dump.rdb``: it is the state the next start loads."""
+
+
+async def test_restart_from_an_older_snapshot_converges_every_dict() -> None:
+    """SAVE, more writes, kill -9, the old dump file put back, restart, then writes past the caches'
+    version: every dict ends equal to the store (the tokens tell the two histories apart), the
+    watching ones by themselves, the manual one at its next sync(), the writer at its next write."""
+    try:
+        server = _SnapshotRedis()
+    except ServerError as exc:
+        unavailable(str(exc))
+    async with server:
+        clients: list[Redis] = []
+        try:
+            async with (
+                RedisDict[Any](KEYSPACE, client(server, clients), **FAST) as watching,
+                RedisDict[Any](KEYSPACE, client(server, clients), **FAST) as other_watching,
+                RedisDict[Any](KEYSPACE, client(server, clients), watch=False) as manual,
+                RedisDict[Any](KEYSPACE, client(server, clients), watch=False, **FAST) as writer,
+            ):
+                await writer.update({f"k{i}": i for i in range(10)})
+                admin = client(server, clients)
+                await admin.save()
+                snapshot = (server.dir / "dump.rdb").read_bytes()
+                for i in range(10):
+                    await writer.set(f"lost{i}", i)
+                await manual.sync()
+                await eventually(lambda: "lost9" in watching and "lost9" in other_watching)
+                lost_at = watching.version
+                server.kill()
+                (server.dir / "dump.rdb").write_bytes(snapshot)
+                await server.astart()
+                store = RedisDict[Any](KEYSPACE, client(server, clients), watch=False, **FAST)
+                async with store:
+                    for i in range(15):  # more commits than were lost: versions pass the caches'
+                        await retrying(lambda i=i: store.set(f"new{i}", i))  # type: ignore[misc]
+                    assert store.version > lost_at
+                expected = {**{f"k{i}": i for i in range(10)}, **{f"new{i}": i for i in range(15)}}
+                assert await store_content(server, clients) == expected
+                await eventually(lambda: watching == expected and other_watching == expected, within=20)
+                assert await retrying(manual.sync) is True
+                assert manual == expected
+                await retrying(lambda: writer.set("after", 1))
+                assert writer == {**expected, "after": 1}
+        finally:
+            for made in clients:
+                await made.aclose()

@@ -16,6 +16,7 @@ import pytest
 from aiodurabledict import AsyncDurableDict
 from aiodurabledict.testing.conformance import Factory
 from tests.servers import redis_url, unavailable
+from tests.wrappers import deaf
 
 REDIS_URL = redis_url()
 
@@ -40,13 +41,20 @@ async def redis_keyspace(url: str = REDIS_URL) -> AsyncIterator[tuple[str, list[
         yield keyspace, clients
     finally:
         try:
-            await admin.delete(*(f"{{{keyspace}}}:{part}" for part in ("data", "version", "log", "horizon")))
+            await drop_keyspace(admin, keyspace)
         finally:
             for client in clients:
                 await client.aclose()
 
 
-def _redis(*, publish: bool = True, heartbeat: float = 2.0, **options: Any) -> Any:
+async def drop_keyspace(admin: Any, keyspace: str) -> None:
+    """Delete every key of ``keyspace`` (they share its hash tag)."""
+    names = [name async for name in admin.scan_iter(match=f"{{{keyspace}}}:*", count=1000)]
+    if names:
+        await admin.delete(*names)
+
+
+def _redis(*, lossy: bool = False, heartbeat: float = 2.0, **options: Any) -> Any:
     client_opts = {k: options.pop(k) for k in ("decode_responses", "protocol") if k in options}
 
     @asynccontextmanager
@@ -61,9 +69,8 @@ def _redis(*, publish: bool = True, heartbeat: float = 2.0, **options: Any) -> A
                 client = Redis.from_url(REDIS_URL, **client_opts)
                 clients.append(client)
                 backend = RedisBackend(keyspace, client, **options)
-                backend._publish = publish
                 opts.setdefault("heartbeat", heartbeat)
-                return AsyncDurableDict(backend, **opts)
+                return AsyncDurableDict(deaf(backend) if lossy else backend, **opts)
 
             yield make
 
@@ -75,8 +82,10 @@ PARAMS = [
     pytest.param(
         _redis(decode_responses=True, protocol=3), id="redis-decoding-resp3", marks=pytest.mark.redis
     ),
-    pytest.param(_redis(publish=False, heartbeat=0.2), id="redis-lossy", marks=pytest.mark.redis),
+    pytest.param(_redis(lossy=True, heartbeat=0.2), id="redis-lossy", marks=pytest.mark.redis),
     pytest.param(
-        _redis(tombstone_limit=2, notice_value_limit=0), id="redis-trimmed", marks=pytest.mark.redis
+        _redis(tombstone_limit=2, history_limit=2, notice_value_limit=0),
+        id="redis-trimmed",
+        marks=pytest.mark.redis,
     ),
 ]
