@@ -51,7 +51,7 @@ def test_delete_missing_key_exits_3(store_url: str) -> None:
     """Deleting a key that is not there exits 3."""
     result = run_cli("delete", "nope", url=store_url)
     assert result.returncode == 3
-    assert "'nope' not found" in result.stderr
+    assert "not found: 'nope'" in result.stderr
 
 
 def test_list_table_and_json(store_url: str) -> None:
@@ -279,8 +279,8 @@ async def test_watch_streams_json_lines_until_a_signal(store_url: str, sig: sign
 
 
 async def test_values_that_are_not_json(redis_url: str) -> None:
-    """A stored value JSON cannot decode: ``get`` exits 1 naming the key; ``list``/``dump`` leave it out
-    with a warning on stderr and still show the rest."""
+    """A stored value JSON cannot decode: ``get`` exits 1 naming the key; ``list`` leaves it out with a
+    warning; ``dump`` refuses (exit 1, nothing written) unless ``--skip-undecodable``."""
     from aiodurabledict import RawCodec
 
     async with open_dict(redis_url, codec=RawCodec(), watch=False) as raw:
@@ -288,10 +288,16 @@ async def test_values_that_are_not_json(redis_url: str) -> None:
     code, _, err = await arun_cli("get", "bad", url=redis_url)
     assert code == 1
     assert "cannot decode the stored value of key 'bad'" in err
-    code, out, err = await arun_cli("dump", url=redis_url)
+    code, out, err = await arun_cli("list", "--json", url=redis_url)
     assert code == 0
     assert json.loads(out) == {"good": 1}
-    assert "1 value(s) cannot be decoded, left out: 'bad'" in err
+    assert "1 value(s) cannot be decoded: 'bad'; left out" in err
+    code, out, err = await arun_cli("dump", url=redis_url)
+    assert (code, out) == (1, "")
+    assert "1 value(s) cannot be decoded: 'bad'; nothing written" in err
+    code, out, err = await arun_cli("dump", "--skip-undecodable", url=redis_url)
+    assert code == 0
+    assert json.loads(out) == {"good": 1}
 
 
 def test_a_missing_extra_exits_1_naming_it() -> None:
@@ -329,7 +335,7 @@ def test_deeply_nested_json_is_a_usage_error(store_url: str) -> None:
     deep = "[" * 100_000 + "]" * 100_000
     for result in (
         run_cli("load", url=store_url, stdin='{"k": ' + deep + "}"),
-        run_cli("set", "k", deep, url=store_url),
+        run_cli("set", "k", "-", url=store_url, stdin=deep),
     ):
         assert result.returncode == 2, result.stderr
         assert "nested too deeply" in result.stderr
