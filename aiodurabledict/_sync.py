@@ -284,7 +284,8 @@ class Syncer:
     async def _check_once(self, timeout: float) -> None:
         cache = self.cache
         gaps = self._gaps
-        await self.ensure_started(timeout)
+        if self._needs_start:
+            await self.ensure_started(timeout)
         for attempt in range(_ASKS + 1):
             asked = cache.version
             reload = not cache.loaded or cache.dirty or self._reload or attempt == _ASKS
@@ -312,8 +313,9 @@ class Syncer:
         self._gaps_filled = max(self._gaps_filled, gaps)
         self._update_free()
         self._confirm()
-        _observe.event(self.name, "sync")
-        if not self.watch:
+        if _observe.active:
+            _observe.event(self.name, "sync")
+        if not self.watch and (not self.connected or self.error is not None):
             self._set_connected(True)
 
     async def place(self, delta: Delta) -> None:
@@ -357,9 +359,12 @@ class Syncer:
     async def call(self, aw: Awaitable[T], timeout: float, operation: str = "call") -> T:
         """Await one backend call, bounded in time; a timeout or an ``OSError`` is ``BackendError``."""
         try:
-            with _observe.span(self.name, operation):
-                async with asyncio.timeout(timeout):
-                    return await aw
+            if _observe.active:
+                with _observe.span(self.name, operation):
+                    async with asyncio.timeout(timeout):
+                        return await aw
+            async with asyncio.timeout(timeout):
+                return await aw
         except DurableDictError:
             raise
         except TimeoutError as exc:
