@@ -1,0 +1,298 @@
+"""The ``Backend`` of a dict in a SQL table: the dialect does the SQL, the marker saves polls their
+query, and on PostgreSQL ``PostgresBackend`` also follows the commits' NOTIFY.
+
+The dialect is decided when the backend is built (the database's kind is known without I/O), and so
+is push: ``PostgresBackend`` has ``subscribe()``; SQLite and MySQL are polled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+from ..._backend import Delta
+from ..._types import DEFAULT_KEYSPACE
+from ...errors import map_exceptions
+from .columns import Columns
+from .connection import AppDatabase, Database
+from .listener import listen
+from .marker import Marker
+from .notices import notice
+
+if TYPE_CHECKING:
+    import aiomcache
+    from tortoise.backends.base.client import BaseDBAsyncClient
+    from tortoise.context import TortoiseContext
+    from tortoise.models import Model
+
+    from .dialect import Dialect
+    from .postgres import PostgresDialect
+
+__all__ = ["PostgresBackend", "TortoiseBackend"]
+
+# The dialect of each kind of database, imported only when used (each needs its own driver).
+_DIALECTS = {
+    "sqlite": (".sqlite", "SqliteDialect"),
+    "postgres": (".postgres", "PostgresDialect"),
+    "mysql": (".mysql", "MysqlDialect"),
+}
+
+
+def _dialect_class(kind: str) -> type[Dialect]:
+    if kind not in _DIALECTS:
+        raise ValueError(
+            f"ModelDict supports SQLite, PostgreSQL (through Tortoise's asyncpg client) and MySQL, not {kind}"
+        )
+    module, name = _DIALECTS[kind]
+    dialect: type[Dialect] = getattr(importlib.import_module(module, __package__), name)
+    return dialect
+
+
+class TortoiseBackend:
+    """The store side of ``ModelDict``: one dict in one table of a database Tortoise connects to.
+
+    Options: ``name`` (the dict's row in the version table; default: the table name, plus
+    ``/keyspace``), ``cache`` (an ``aiomcache.Client`` for the version marker), ``cache_timeout``
+    (seconds per memcached call), ``confirm_interval`` (seconds after which a poll checks the
+    database even though the marker says nothing changed: the net under a writer that died between
+    its commit and the marker), ``poll_interval``, ``log_keep`` (versions of log kept),
+    ``marker_key``, ``connection`` (the Tortoise connection name; default: the model's),
+    ``context`` (the Tortoise context; default: the one current now) and ``database`` (a database
+    the dict opens itself, as ``open_dict`` URLs make).
+
+    This class polls; build it with ``for_model()`` to get ``PostgresBackend`` on PostgreSQL.
+    """
+
+    def __init__(
+        self,
+        model: type[Model],
+        *,
+        key_col: str = "key",
+        value_col: str = "value",
+        keyspace: str | None = None,
+        keyspace_col: str | None = None,
+        name: str | None = None,
+        cache: aiomcache.Client | None = None,
+        cache_timeout: float = 0.25,
+        confirm_interval: float = 10.0,
+        poll_interval: float = 1.0,
+        log_keep: int = 1000,
+        marker_key: str | None = None,
+        connection: str | None = None,
+        context: TortoiseContext | None = None,
+        database: Database | None = None,
+    ) -> None:
+        if keyspace_col is None and keyspace is not None:
+            keyspace_col = "keyspace"
+        if keyspace_col is not None and keyspace is None:
+            keyspace = DEFAULT_KEYSPACE
+        if keyspace is not None and not keyspace:
+            raise ValueError("keyspace must not be empty")
+        if log_keep < 1:
+            raise ValueError("log_keep must be at least 1")
+        cols = Columns(model, key_col, value_col, keyspace_col)
+        self._name = name or (cols.table + (f"/{keyspace}" if keyspace is not None else ""))
+        if len(self._name) > 255:
+            raise ValueError("the dict's name is longer than 255 characters")
+        self._database: Database = (
+            database if database is not None else AppDatabase(model, context, connection)
+        )
+        self._dialect = _dialect_class(self._database.kind)(cols, self._name, keyspace, log_keep)
+        self.max_key_bytes = cols.max_key_bytes
+        self.max_value_bytes = cols.max_value_bytes
+        self.poll_interval = poll_interval
+        self._cache = cache
+        self._cache_timeout = cache_timeout
+        self._confirm_interval = confirm_interval
+        self._marker_key = marker_key
+        self._marker: Marker | None = None
+        self._owed = 0
+        self._confirm_due = 0.0
+
+    @staticmethod
+    def for_model(
+        model: type[Model],
+        *,
+        connection: str | None = None,
+        context: TortoiseContext | None = None,
+        database: Database | None = None,
+        **options: Any,
+    ) -> TortoiseBackend:
+        """The backend for ``model``'s database: ``PostgresBackend`` on PostgreSQL (it pushes),
+        ``TortoiseBackend`` elsewhere (polled). Takes the options of ``TortoiseBackend``."""
+        if database is None:
+            database = AppDatabase(model, context, connection)
+        chosen = PostgresBackend if database.kind == "postgres" else TortoiseBackend
+        return chosen(model, database=database, **options)
+
+    @property
+    def kind(self) -> str:
+        """The kind of database: ``sqlite``, ``postgres`` or ``mysql``."""
+        return self._dialect.kind
+
+    @property
+    def name(self) -> str:
+        """The dict's row in the version table."""
+        return self._name
+
+    @property
+    def database(self) -> Database:
+        """Where the table is reached."""
+        return self._database
+
+    @property
+    def dialect(self) -> Dialect:
+        """The SQL of this dict's database."""
+        return self._dialect
+
+    @property
+    def marker(self) -> Marker | None:
+        """The memcached marker, once started with a ``cache``."""
+        return self._marker
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.kind} dict {self._name!r} via {self._database!r})"
+
+    @contextmanager
+    def _errors(self, message: str = "the database failed") -> Iterator[None]:
+        with map_exceptions(*self._dialect.errors, message=message):
+            yield
+
+    def client(self) -> BaseDBAsyncClient:
+        """The Tortoise client the dict's statements run on."""
+        return self._database.client()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the library's tables if missing, and this dict's version row.
+
+        On failure the dict calls ``aclose()``, which releases what was made.
+        """
+        with self._errors("cannot prepare the database"):
+            await self._database.open()
+            client = self.client()
+            if self._cache is not None:
+                identity = f"{self._dialect.location(client)}\0{self._name}"
+                key = (
+                    self._marker_key or "aiodurabledict:" + hashlib.sha256(identity.encode()).hexdigest()[:40]
+                )
+                self._marker = Marker(self._cache, key.encode(), self._cache_timeout)
+            await self._dialect.prepare(client)
+
+    async def aclose(self) -> None:
+        """Close the connection the dict opened itself (``open_dict`` URLs); never the application's."""
+        await self._database.aclose()
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def load(self) -> Delta:
+        """Every entry and the version, read by one statement (one snapshot)."""
+        with self._errors():
+            return await self._dialect.load(self.client())
+
+    async def changes_since(self, version: int) -> Delta:
+        """What changed after ``version``: one memcached read when the marker says nothing did,
+        otherwise one query (two when ``version`` is older than the log's horizon)."""
+        marker = self._marker
+        seen: int | None = None
+        token: int | None = None
+        if marker is not None:
+            if self._owed:
+                await self._raise_marker(self._owed)
+            if time.monotonic() < self._confirm_due:
+                seen, token = await marker.read()
+                if seen is not None and seen == version:
+                    return Delta(version=version, prev=version)
+        with self._errors():
+            current, delta = await self._dialect.since(self.client(), version)
+        if marker is not None:
+            self._confirm_due = time.monotonic() + self._confirm_interval
+            if seen is not None and token is not None and seen > current:
+                # Ahead of the database (restored from a backup, or another database's marker).
+                await marker.lower_to(current, token)
+            elif seen != current:
+                await self._raise_marker(
+                    current, known=None if seen is None and token is None else (seen, token)
+                )
+        return delta if delta is not None else await self.load()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def _after(self, delta: Delta) -> Delta:
+        await self._raise_marker(delta.version)
+        return delta
+
+    async def set(self, key: str, value: bytes) -> Delta:
+        """Store ``value`` under ``key``."""
+        with self._errors():
+            delta = await self._dialect.set(self.client(), key, value)
+        return await self._after(delta)
+
+    async def update(self, items: Mapping[str, bytes]) -> Delta:
+        """Store every item in one transaction."""
+        with self._errors():
+            delta = await self._dialect.update(self.client(), items)
+        return await self._after(delta)
+
+    async def pop(self, key: str) -> tuple[Delta, bytes] | None:
+        """Delete one row and return its value; ``None`` (nothing committed) when it is absent."""
+        with self._errors():
+            popped = await self._dialect.pop(self.client(), key)
+        if popped is None:
+            return None
+        return await self._after(popped[0]), popped[1]
+
+    async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
+        """Insert the row unless the key is present; exactly one of concurrent callers writes."""
+        with self._errors():
+            delta, stored = await self._dialect.setdefault(self.client(), key, value)
+        if delta.prev is None:
+            return delta, stored
+        return await self._after(delta), stored
+
+    async def clear(self) -> Delta:
+        """Delete every row of the dict in one transaction."""
+        with self._errors():
+            delta = await self._dialect.clear(self.client())
+        if delta.full:
+            return delta
+        return await self._after(delta)
+
+    # -- the marker ------------------------------------------------------------------------------
+
+    async def _raise_marker(
+        self, version: int, *, known: tuple[int | None, int | None] | None = None
+    ) -> None:
+        if self._marker is None:
+            return
+        if not await self._marker.raise_to(max(version, self._owed), known=known):
+            # Owed until memcached answers: the next poll or write pays it.
+            self._owed = max(self._owed, version)
+        else:
+            self._owed = 0
+
+
+class PostgresBackend(TortoiseBackend):
+    """A dict on PostgreSQL: polled as a safety net, and followed live through each commit's NOTIFY."""
+
+    def __init__(self, model: type[Model], **options: Any) -> None:
+        super().__init__(model, **options)
+        if self.kind != "postgres":
+            raise ValueError(f"PostgresBackend needs a PostgreSQL database, not {self.kind}")
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:
+        """LISTEN on the dict's channel; notices arrive as deltas."""
+        dialect = cast("PostgresDialect", self._dialect)
+        async with listen(self.client(), dialect.channel) as payloads:
+            yield _deltas(payloads)
+
+
+async def _deltas(payloads: AsyncIterator[str]) -> AsyncIterator[Delta]:
+    async for payload in payloads:
+        yield notice(payload)
