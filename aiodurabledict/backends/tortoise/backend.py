@@ -7,7 +7,6 @@ is push: ``PostgresBackend`` has ``subscribe()``; SQLite and MySQL are polled.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -20,8 +19,8 @@ from ...errors import map_exceptions
 from .columns import Columns
 from .connection import AppDatabase, Database
 from .listener import listen
-from .marker import Marker
-from .notices import notice
+from .marker import Mark, Marker, Seen
+from .notices import BadNoticeError, Complaints, read
 
 if TYPE_CHECKING:
     import aiomcache
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from tortoise.context import TortoiseContext
     from tortoise.models import Model
 
-    from .dialect import Dialect
+    from .dialect import Dialect, Identity
     from .postgres import PostgresDialect
 
 __all__ = ["PostgresBackend", "TortoiseBackend"]
@@ -110,8 +109,12 @@ class TortoiseBackend:
         self._confirm_interval = confirm_interval
         self._marker_key = marker_key
         self._marker: Marker | None = None
-        self._owed = 0
+        # The latest commit this backend learnt of from the database (or a signed notice).
+        self._known = Mark(-1, None)
+        # A commit whose mark memcached did not take: the next call marks the latest one instead.
+        self._owed = False
         self._confirm_due = 0.0
+        self._identity: Identity | None = None
 
     @staticmethod
     def for_model(
@@ -150,6 +153,11 @@ class TortoiseBackend:
         return self._dialect
 
     @property
+    def identity(self) -> Identity | None:
+        """The store's identity from the dict's version row, once started."""
+        return self._identity
+
+    @property
     def marker(self) -> Marker | None:
         """The memcached marker, once started with a ``cache``."""
         return self._marker
@@ -169,20 +177,18 @@ class TortoiseBackend:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the library's tables if missing, and this dict's version row.
+        """Create the library's tables if missing (adding what an older release's tables lack), and
+        this dict's version row; learn the store's identity.
 
         On failure the dict calls ``aclose()``, which releases what was made.
         """
         with self._errors("cannot prepare the database"):
             await self._database.open()
-            client = self.client()
-            if self._cache is not None:
-                identity = f"{self._dialect.location(client)}\0{self._name}"
-                key = (
-                    self._marker_key or "aiodurabledict:" + hashlib.sha256(identity.encode()).hexdigest()[:40]
-                )
-                self._marker = Marker(self._cache, key.encode(), self._cache_timeout)
-            await self._dialect.prepare(client)
+            identity = await self._dialect.prepare(self.client())
+        if self._cache is not None:
+            key = self._marker_key or f"aiodurabledict:{identity.store}"
+            self._marker = Marker(self._cache, key.encode(), self._cache_timeout)
+        self._identity = identity
 
     async def aclose(self) -> None:
         """Close the connection the dict opened itself (``open_dict`` URLs); never the application's."""
@@ -191,108 +197,129 @@ class TortoiseBackend:
     # -- reads -----------------------------------------------------------------------------------
 
     async def load(self) -> Delta:
-        """Every entry and the version, read by one statement (one snapshot)."""
+        """Every entry, the version and its token, read by one statement (one snapshot)."""
         with self._errors():
-            return await self._dialect.load(self.client())
+            delta = await self._dialect.load(self.client())
+        self._known = Mark(delta.version, delta.token)
+        return delta
 
     async def changes_since(self, version: int) -> Delta:
-        """What changed after ``version``: one memcached read when the marker says nothing did,
-        otherwise one query (two when ``version`` is older than the log's horizon)."""
+        """What changed after ``version``: one memcached read when the marker names the commit at
+        ``version`` this backend last learnt of, otherwise one query (two when ``version`` is older
+        than the log's horizon, or newer than the store)."""
         marker = self._marker
-        seen: int | None = None
-        token: int | None = None
+        seen: Seen | None = None
         if marker is not None:
-            if self._owed:
-                await self._raise_marker(self._owed)
-            if time.monotonic() < self._confirm_due:
-                seen, token = await marker.read()
-                if seen is not None and seen == version:
-                    return Delta(version=version, prev=version)
+            await self._pay_debt(marker)
+            seen = await marker.read()
+            known = self._known
+            if (
+                seen is not None
+                and seen.mark is not None
+                and seen.mark == known
+                and known.version == version
+                and time.monotonic() < self._confirm_due
+            ):
+                return Delta(version, prev=version, token=known.token, prev_token=known.token)
+            if seen is not None:
+                seen = await marker.claim(seen)
         with self._errors():
-            current, delta = await self._dialect.since(self.client(), version)
+            current, token, delta = await self._dialect.since(self.client(), version)
+        self._known = truth = Mark(current, token)
         if marker is not None:
             self._confirm_due = time.monotonic() + self._confirm_interval
-            if seen is not None and token is not None and seen > current:
-                # Ahead of the database (restored from a backup, or another database's marker).
-                await marker.lower_to(current, token)
-            elif seen != current:
-                await self._raise_marker(
-                    current, known=None if seen is None and token is None else (seen, token)
-                )
+            if seen is not None:
+                await marker.repair(truth, seen)
         return delta if delta is not None else await self.load()
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def _after(self, delta: Delta) -> Delta:
-        await self._raise_marker(delta.version)
+    async def _answered(self, delta: Delta) -> Delta:
+        """Learn what a write found or committed; mark a commit before the write returns."""
+        self._known = Mark(delta.version, delta.token)
+        marker = self._marker
+        if marker is not None and delta.prev is not None:
+            await self._pay_debt(marker)
+            if not await marker.raise_to(self._known):
+                self._owed = True
         return delta
+
+    async def _pay_debt(self, marker: Marker) -> None:
+        if self._owed and await marker.raise_to(self._known):
+            self._owed = False
 
     async def set(self, key: str, value: bytes) -> Delta:
         """Store ``value`` under ``key``."""
         with self._errors():
             delta = await self._dialect.set(self.client(), key, value)
-        return await self._after(delta)
+        return await self._answered(delta)
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
         """Store every item in one transaction."""
         with self._errors():
             delta = await self._dialect.update(self.client(), items)
-        return await self._after(delta)
+        return await self._answered(delta)
 
-    async def pop(self, key: str) -> tuple[Delta, bytes] | None:
-        """Delete one row and return its value; ``None`` (nothing committed) when it is absent."""
+    async def pop(self, key: str) -> tuple[Delta, bytes | None]:
+        """Delete one row; the commit and the value it held, or a reading when it is absent."""
         with self._errors():
-            popped = await self._dialect.pop(self.client(), key)
-        if popped is None:
-            return None
-        return await self._after(popped[0]), popped[1]
+            delta, old = await self._dialect.pop(self.client(), key)
+        return await self._answered(delta), old
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
         """Insert the row unless the key is present; exactly one of concurrent callers writes."""
         with self._errors():
             delta, stored = await self._dialect.setdefault(self.client(), key, value)
-        if delta.prev is None:
-            return delta, stored
-        return await self._after(delta), stored
+        return await self._answered(delta), stored
 
     async def clear(self) -> Delta:
         """Delete every row of the dict in one transaction."""
         with self._errors():
             delta = await self._dialect.clear(self.client())
-        if delta.full:
-            return delta
-        return await self._after(delta)
+        return await self._answered(delta)
 
-    # -- the marker ------------------------------------------------------------------------------
-
-    async def _raise_marker(
-        self, version: int, *, known: tuple[int | None, int | None] | None = None
-    ) -> None:
-        if self._marker is None:
-            return
-        if not await self._marker.raise_to(max(version, self._owed), known=known):
-            # Owed until memcached answers: the next poll or write pays it.
-            self._owed = max(self._owed, version)
-        else:
-            self._owed = 0
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes | None
+    ) -> tuple[Delta, bool]:
+        """Store ``new`` (``None``: remove) if the stored value is ``expected`` (``None``: absent),
+        atomically (under the dict's lock)."""
+        with self._errors():
+            delta, swapped = await self._dialect.compare_and_set(self.client(), key, expected, new)
+        return await self._answered(delta), swapped
 
 
 class PostgresBackend(TortoiseBackend):
-    """A dict on PostgreSQL: polled as a safety net, and followed live through each commit's NOTIFY."""
+    """A dict on PostgreSQL: polled as a safety net, and followed live through each commit's NOTIFY.
+
+    Notices are believed only when signed with the secret in the dict's version row; any other
+    payload on the channel is ignored with a warning (at most one a minute, never quoting it).
+    """
 
     def __init__(self, model: type[Model], **options: Any) -> None:
         super().__init__(model, **options)
         if self.kind != "postgres":
             raise ValueError(f"PostgresBackend needs a PostgreSQL database, not {self.kind}")
+        self._complaints = Complaints(f"{self!r}: ignoring a NOTIFY on the dict's channel")
+
+    @property
+    def ignored_notices(self) -> int:
+        """Payloads heard on the dict's channel that were not its signed notices."""
+        return self._complaints.count
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:
-        """LISTEN on the dict's channel; notices arrive as deltas."""
+        """LISTEN on the dict's channel; its signed notices arrive as deltas."""
         dialect = cast("PostgresDialect", self._dialect)
         async with listen(self.client(), dialect.channel) as payloads:
-            yield _deltas(payloads)
+            yield self._notices(payloads, dialect.secret)
 
-
-async def _deltas(payloads: AsyncIterator[str]) -> AsyncIterator[Delta]:
-    async for payload in payloads:
-        yield notice(payload)
+    async def _notices(self, payloads: AsyncIterator[str], secret: bytes) -> AsyncIterator[Delta]:
+        async for payload in payloads:
+            try:
+                delta = read(secret, payload)
+            except BadNoticeError as exc:
+                self._complaints.note(str(exc))
+                continue
+            if delta.version > self._known.version:
+                self._known = Mark(delta.version, delta.token)
+            yield delta

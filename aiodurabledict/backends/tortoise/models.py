@@ -31,23 +31,31 @@ class DictVersion(Model):
     """One row per dict: its version (raised by one in every committed write) and its log horizon.
 
     ``horizon``: the log holds every change made after this version; older caches reload fully.
+    ``token``: the commit token of ``version`` (it tells histories apart after a restore).
+    ``store``: a random id made with the row; it names the NOTIFY channel and the memcached marker.
+    ``secret``: signs the dict's notices; whoever can read this row can forge them.
     """
 
     name = fields.CharField(max_length=255, primary_key=True)
     version = fields.BigIntField(default=0)
     horizon = fields.BigIntField(default=0)
+    token = fields.CharField(max_length=32, null=True)
+    store = fields.CharField(max_length=32, null=True)
+    secret = fields.CharField(max_length=64, null=True)
 
     class Meta:
         table = "aiodurabledict_version"
 
 
 class DictChange(Model):
-    """A key changed (written or deleted) by the commit that raised dict ``name`` to ``version``."""
+    """A key changed (written or deleted) by the commit that raised dict ``name`` to ``version``,
+    whose token is ``token``."""
 
     id = fields.BigIntField(primary_key=True)
     name = fields.CharField(max_length=255)
     version = fields.BigIntField()
     key = fields.TextField()
+    token = fields.CharField(max_length=32, null=True)
 
     class Meta:
         table = "aiodurabledict_change"

@@ -1,7 +1,7 @@
 """MySQL and MariaDB (InnoDB, asyncmy or aiomysql through Tortoise's pool).
 
 Reads are single autocommit statements (each sees every earlier commit); writes run READ COMMITTED,
-reading under ``FOR UPDATE``. Keys are compared exactly, so the key and keyspace columns, and the
+after locking the dict's version row ``FOR UPDATE``. Keys are compared exactly, so the key and keyspace columns, and the
 version table's name, need a binary collation (``utf8mb4_bin``): a case-insensitive one, the default
 of tables Tortoise generates, would merge ``"a"`` and ``"A"``, and the dict refuses it at open (the
 error names the ``ALTER TABLE`` to run). The library's own tables are created with it. Under a PAD
@@ -22,8 +22,9 @@ from tortoise.exceptions import DBConnectionError, OperationalError
 
 from ...errors import BackendError, InvalidKeyError
 from .columns import Columns
-from .dialect import Dialect, NothingWritten, Session, Statements
+from .dialect import Dialect, Session, Statements
 from .models import CHANGE_TABLE, ENTRY_KEY_LENGTH, ENTRY_TABLE, VERSION_TABLE
+from .standard import NEW_COLUMNS
 
 if TYPE_CHECKING:
     from tortoise.backends.base.client import BaseDBAsyncClient
@@ -50,9 +51,9 @@ class MysqlStatements(Statements):
     """The SQL of one dict on MySQL or MariaDB, with ``$n`` parameters (the session maps them to the
     driver's ``%s``).
 
-    MySQL has no ``RETURNING`` on ``UPDATE``: the version comes back in the OK packet of the bump,
-    through ``LAST_INSERT_ID(expr)``; ``pop`` and ``clear`` read the rows ``FOR UPDATE`` first. Keys
-    from the log are compared as bytes, then in the key column's own collation (its index stays usable).
+    Keys from the log are compared as bytes, then in the key column's own collation (its index stays
+    usable). Under the version row's lock, the plain reads of a write see every earlier commit (READ
+    COMMITTED).
     The log is read without DISTINCT: its temporary table costs more than looking a key up twice.
     """
 
@@ -75,20 +76,25 @@ class MysqlStatements(Statements):
         cols_in = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
         vals_in = "$1, $2, $3" if ks else "$1, $2"
         self.ensure_version = (
-            f"INSERT INTO {ver} (`name`, `version`, `horizon`) VALUES ($1, 0, 0) "
+            f"INSERT INTO {ver} (`name`, `version`, `horizon`, `store`, `secret`) VALUES ($1, 0, 0, $2, $3) "
             "ON DUPLICATE KEY UPDATE `name` = `name`"
         )
+        self.fill_identity = f"UPDATE {ver} SET `store` = COALESCE(`store`, $2), `secret` = COALESCE(`secret`, $3) WHERE `name` = $1"
+        self.identity = f"SELECT `store`, `secret` FROM {ver} WHERE `name` = $1"
         self.load = (
-            f"SELECT v.`version`, t.{k}, t.{v} FROM {ver} v "
+            f"SELECT v.`version`, v.`token`, t.{k}, t.{v} FROM {ver} v "
             f"LEFT JOIN {t} t ON {scoped(2, '') or 'TRUE'} WHERE v.`name` = $1"
         )
         self.since = (
-            f"SELECT v.`version`, v.`horizon`, CONVERT(c.`k` USING utf8mb4), "
+            f"SELECT v.`version`, v.`horizon`, v.`token`, "
+            f"(SELECT `token` FROM {chg} WHERE {named} AND `version` = $2 LIMIT 1), "
+            f"CONVERT(c.`k` USING utf8mb4), "
             f"(SELECT t.{v} FROM {t} t WHERE t.{k} = CONVERT(c.`k` USING {charset}) COLLATE {collation}{scoped(3)}) "
             f"FROM {ver} v LEFT JOIN (SELECT CAST(`key` AS BINARY) AS `k` FROM {chg} "
             f"WHERE {named} AND `version` > $2) c ON TRUE WHERE v.`name` = $1"
         )
-        self.bump = f"UPDATE {ver} SET `version` = LAST_INSERT_ID(`version` + 1) WHERE `name` = $1"
+        self.lock = f"SELECT `version`, `token` FROM {ver} WHERE `name` = $1 FOR UPDATE"
+        self.commit = f"UPDATE {ver} SET `version` = $2, `token` = $3 WHERE `name` = $1"
         if row_alias:
             # MySQL 8.0.20 deprecates VALUES() in ON DUPLICATE KEY UPDATE; MariaDB has no row alias.
             self.upsert = f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) AS `new` ON DUPLICATE KEY UPDATE {v} = `new`.{v}"
@@ -97,11 +103,10 @@ class MysqlStatements(Statements):
                 f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) ON DUPLICATE KEY UPDATE {v} = VALUES({v})"
             )
         self.get = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
-        self.get_locked = self.get + " FOR UPDATE"
         self.delete = f"DELETE FROM {t} WHERE {k} = $1{scoped_bare(2)}"
-        self.select_locked = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')} FOR UPDATE"
+        self.select_all = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
         self.delete_all = f"DELETE FROM {t}{scoped_bare(1, ' WHERE ')}"
-        self.log = f"INSERT INTO {chg} (`name`, `version`, `key`) VALUES ($1, $2, $3)"
+        self.log = f"INSERT INTO {chg} (`name`, `version`, `key`, `token`) VALUES ($1, $2, $3, $4)"
         self.trim = f"DELETE FROM {chg} WHERE {named} AND `version` <= $2"
         self.horizon = f"UPDATE {ver} SET `horizon` = $2 WHERE `name` = $1 AND `horizon` < $2"
 
@@ -113,12 +118,13 @@ def _library_ddl(with_entry: bool) -> list[str]:
     statements = [
         (
             f"CREATE TABLE IF NOT EXISTS `{VERSION_TABLE}` (`name` VARCHAR(255) {text} NOT NULL PRIMARY KEY, "
-            f"`version` BIGINT NOT NULL, `horizon` BIGINT NOT NULL){tail}"
+            f"`version` BIGINT NOT NULL, `horizon` BIGINT NOT NULL, `token` VARCHAR(32) NULL, "
+            f"`store` VARCHAR(32) NULL, `secret` VARCHAR(64) NULL){tail}"
         ),
         (
             f"CREATE TABLE IF NOT EXISTS `{CHANGE_TABLE}` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
             f"`name` VARCHAR(255) {text} NOT NULL, `version` BIGINT NOT NULL, `key` LONGTEXT {text} NOT NULL, "
-            f"KEY `aiodurabledict_change_name_version` (`name`, `version`)){tail}"
+            f"`token` VARCHAR(32) NULL, KEY `aiodurabledict_change_name_version` (`name`, `version`)){tail}"
         ),
     ]
     if with_entry:
@@ -198,14 +204,6 @@ class _MysqlSession:
         cursor = await self._run(sql, args)
         await cursor.close()
 
-    async def execute_id(self, sql: str, args: Sequence[Any]) -> tuple[int, int]:
-        """Rows changed and the id the server reported (``LAST_INSERT_ID(expr)`` sets it)."""
-        cursor = await self._run(sql, args)
-        try:
-            return int(cursor.rowcount), int(cursor.lastrowid or 0)
-        finally:
-            await cursor.close()
-
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         query, order = _params(sql)
         cursor = self.conn.cursor()
@@ -234,10 +232,6 @@ class MysqlDialect(Dialect):
             raise RuntimeError("the dict's statements are known once it has opened")
         return self._sql
 
-    def location(self, client: BaseDBAsyncClient) -> str:
-        my: Any = client
-        return f"mysql:{my.host}:{my.port}/{self.cols.schema or my.database}"
-
     def check_key(self, key: str) -> None:
         if self._pads and key.endswith(" "):
             raise InvalidKeyError(
@@ -258,21 +252,15 @@ class MysqlDialect(Dialect):
                 yield session
                 if write:
                     await conn.commit()
-            except NothingWritten:
-                try:
-                    await conn.rollback()
-                except BaseException:
-                    conn.close()
-                    raise
-                raise
             except BaseException:
                 # A statement cut short leaves its reply unread, and a failed one its transaction open:
                 # the pool must never hand this connection out again (it drops closed ones).
                 conn.close()
                 raise
 
-    async def prepare(self, client: BaseDBAsyncClient) -> None:
-        """Create missing tables, check the collations that decide key equality, build the statements."""
+    async def create(self, client: BaseDBAsyncClient) -> None:
+        """Create missing tables and columns, check the collations that decide key equality, build
+        the statements."""
         cols = self.cols
         with_entry = cols.table == ENTRY_TABLE
         tables = [VERSION_TABLE, CHANGE_TABLE, *([ENTRY_TABLE] if with_entry else [])]
@@ -283,9 +271,8 @@ class MysqlDialect(Dialect):
                 f"AND TABLE_NAME IN ({in_tables})",
                 [cols.schema, *tables],
             )
-            if int(found[0][0]) < len(tables):
-                for statement in _library_ddl(with_entry):
-                    await s.execute(statement, ())
+            if int(found[0][0]) < len(tables) or await _missing_columns(s, cols.schema):
+                await _create(s, cols.schema, with_entry)
             wanted = [(cols.table, cols.key, "key"), (VERSION_TABLE, "name", "name")]
             if cols.keyspace:
                 wanted.append((cols.table, cols.keyspace, "keyspace"))
@@ -320,31 +307,34 @@ class MysqlDialect(Dialect):
         self._sql = MysqlStatements(
             cols, str(collation or "binary"), str(charset or "binary"), _row_alias(server)
         )
-        async with self.session(client) as s:
-            await s.execute(self.sql.ensure_version, [self.name])
 
-    async def bump(self, s: Session) -> int | None:
-        assert isinstance(s, _MysqlSession)
-        changed, version = await s.execute_id(self.sql.bump, [self.name])
-        return version if changed else None
 
-    async def take(self, s: Session, key: str) -> Any:
-        rows = await s.fetch(self.sql.get_locked, self.scope(key))
-        if not rows or rows[0][0] is None:
-            return None
-        await s.execute(self.sql.delete, self.scope(key))
-        return rows[0][0]
+async def _missing_columns(s: Session, schema: str | None) -> list[tuple[str, str, str]]:
+    """The columns the tables of an older release lack."""
+    found = await s.fetch(
+        "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = COALESCE(NULLIF($1, ''), DATABASE()) AND TABLE_NAME IN ($2, $3)",
+        [schema, VERSION_TABLE, CHANGE_TABLE],
+    )
+    have = {(str(row[0]), str(row[1])) for row in found}
+    return [
+        (table, column, kind)
+        for table, columns in NEW_COLUMNS.items()
+        for column, kind in columns.items()
+        if (table, column) not in have
+    ]
 
-    async def take_all(self, s: Session) -> list[Sequence[Any]]:
-        rows = await s.fetch(self.sql.select_locked, self.scope())
-        if rows:
-            await s.execute(self.sql.delete_all, self.scope())
-        return rows
 
-    async def insert_new(self, s: Session, key: str, stored: Any) -> Any:
-        # Under the version row's lock: no other dict writes in between.
-        found = await s.fetch(self.sql.get_locked, self.scope(key))
-        if found and found[0][0] is not None:
-            return found[0][0]
-        await s.execute(self.sql.upsert, self.scope(key, stored))
-        return None
+async def _create(s: Session, schema: str | None, with_entry: bool) -> None:
+    """Create the tables and add missing columns, one process at a time (DDL commits on its own in
+    MySQL, so a named lock stands in for the transaction)."""
+    got = await s.fetch("SELECT GET_LOCK('aiodurabledict ddl', 30)", ())
+    if not got or got[0][0] != 1:
+        raise BackendError("another process holds the lock on the library's tables for more than 30 s")
+    try:
+        for statement in _library_ddl(with_entry):
+            await s.execute(statement, ())
+        for table, column, kind in await _missing_columns(s, schema):
+            await s.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} {kind} NULL", ())
+    finally:
+        await s.execute("SELECT RELEASE_LOCK('aiodurabledict ddl')", ())

@@ -7,7 +7,6 @@ through a dict inside an open transaction of your own. ``BEGIN IMMEDIATE`` takes
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -18,9 +17,9 @@ from tortoise.exceptions import DBConnectionError, OperationalError
 
 from ._aiosqlite import queue_rollback
 from .columns import Columns
-from .dialect import Session
+from .dialect import Dialect, Session
 from .models import CHANGE_TABLE, ENTRY_TABLE, VERSION_TABLE
-from .standard import StandardDialect, StandardStatements, library_ddl
+from .standard import NEW_COLUMNS, StandardStatements, library_ddl
 
 if TYPE_CHECKING:
     from tortoise.backends.base.client import BaseDBAsyncClient
@@ -47,16 +46,17 @@ class _SqliteSession:
 
 
 class _SqliteStatements(StandardStatements):
-    """The shared statements with SQLite's ``?n`` parameters."""
+    """The shared statements with SQLite's ``?n`` parameters; ``BEGIN IMMEDIATE`` is the lock."""
 
     def __init__(self, cols: Columns) -> None:
         super().__init__(cols)
+        self.lock = self.lock.removesuffix(" FOR UPDATE")
         for name, sql in vars(self).items():
             if isinstance(sql, str):
                 setattr(self, name, re.sub(r"\$(\d+)", r"?\1", sql))
 
 
-class SqliteDialect(StandardDialect):
+class SqliteDialect(Dialect):
     """A dict in a SQLite file."""
 
     kind = "sqlite"
@@ -69,9 +69,6 @@ class SqliteDialect(StandardDialect):
     @property
     def sql(self) -> _SqliteStatements:
         return self._sql
-
-    def location(self, client: BaseDBAsyncClient) -> str:
-        return "sqlite:" + os.path.abspath(str(client.filename))  # type: ignore[attr-defined]
 
     @asynccontextmanager
     async def session(self, client: BaseDBAsyncClient, *, write: bool = False) -> AsyncIterator[Session]:
@@ -88,7 +85,7 @@ class SqliteDialect(StandardDialect):
                 await queue_rollback(session)
                 raise
 
-    async def prepare(self, client: BaseDBAsyncClient) -> None:
+    async def create(self, client: BaseDBAsyncClient) -> None:
         with_entry = self.cols.table == ENTRY_TABLE
         tables = [VERSION_TABLE, CHANGE_TABLE, *([ENTRY_TABLE] if with_entry else [])]
         marks = ", ".join("?" for _ in tables)
@@ -97,12 +94,23 @@ class SqliteDialect(StandardDialect):
                 f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})",  # noqa: S608
                 tables,
             )
-        if int(found[0][0]) < len(tables):
-            # Only when a table is missing: DDL would queue behind writers for nothing.
+            missing = int(found[0][0]) < len(tables) or bool(await _missing_columns(s))
+        if missing:
+            # Only when something is missing: DDL would queue behind writers for nothing. Under the
+            # write lock, so that of several processes opening at once one changes the tables.
             async with self.session(client, write=True) as s:
                 for statement in library_ddl(
                     serial="INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", blob="BLOB", with_entry=with_entry
                 ):
                     await s.execute(statement, ())
-        async with self.session(client) as s:
-            await s.execute(self.sql.ensure_version, [self.name])
+                for table, column, kind in await _missing_columns(s):
+                    await s.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}', ())
+
+
+async def _missing_columns(s: Session) -> list[tuple[str, str, str]]:
+    """The columns the tables of an older release lack."""
+    missing = []
+    for table, columns in NEW_COLUMNS.items():
+        have = {row[1] for row in await s.fetch(f'PRAGMA table_info("{table}")', ())}
+        missing += [(table, column, kind) for column, kind in columns.items() if column not in have]
+    return missing

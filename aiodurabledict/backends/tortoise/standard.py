@@ -3,18 +3,16 @@
 # ruff: noqa: S608 - identifiers come from model metadata and are quoted; values are always parameters.
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from .columns import Columns, quote
-from .dialect import Dialect, Session, Statements
+from .dialect import Statements
 from .models import CHANGE_TABLE, ENTRY_KEY_LENGTH, ENTRY_TABLE, VERSION_TABLE
 
-__all__ = ["StandardDialect", "StandardStatements", "library_ddl"]
+__all__ = ["NEW_COLUMNS", "StandardStatements", "library_ddl"]
 
 
 class StandardStatements(Statements):
-    """The statements of one dict, with ``$n`` parameters."""
+    """The statements of one dict, with ``$n`` parameters; ``lock`` takes the row lock with ``FOR UPDATE``
+    (SQLite, where ``BEGIN IMMEDIATE`` already holds the database's write lock, drops it)."""
 
     def __init__(self, cols: Columns) -> None:
         t = (quote(cols.schema) + "." if cols.schema else "") + quote(cols.table)
@@ -28,55 +26,41 @@ class StandardStatements(Statements):
 
         self.cols_in = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
         vals_in = "$1, $2, $3" if ks else "$1, $2"
-        self.ensure_version = f'INSERT INTO {ver} ("name", "version", "horizon") VALUES ($1, 0, 0) ON CONFLICT ("name") DO NOTHING'
+        self.ensure_version = (
+            f'INSERT INTO {ver} ("name", "version", "horizon", "store", "secret") VALUES ($1, 0, 0, $2, $3) '
+            'ON CONFLICT ("name") DO NOTHING'
+        )
+        self.fill_identity = (
+            f'UPDATE {ver} SET "store" = COALESCE("store", $2), "secret" = COALESCE("secret", $3) '
+            'WHERE "name" = $1'
+        )
+        self.identity = f'SELECT "store", "secret" FROM {ver} WHERE "name" = $1'
         self.load = (
-            f'SELECT v."version", t.{k}, t.{v} FROM {ver} v '
+            f'SELECT v."version", v."token", t.{k}, t.{v} FROM {ver} v '
             f'LEFT JOIN {t} t ON {scoped(2, "") or "TRUE"} WHERE v."name" = $1'
         )
         # The value comes from a correlated subquery: one index lookup per changed key, whatever the
         # planner believes about the table's size (a join may be planned as a scan of the whole dict).
         self.since = (
-            f'SELECT v."version", v."horizon", c."key", (SELECT t.{v} FROM {t} t WHERE t.{k} = c."key"{scoped(3)}) '
+            f'SELECT v."version", v."horizon", v."token", '
+            f'(SELECT a."token" FROM {chg} a WHERE a."name" = $1 AND a."version" = $2 LIMIT 1), '
+            f'c."key", (SELECT t.{v} FROM {t} t WHERE t.{k} = c."key"{scoped(3)}) '
             f'FROM {ver} v LEFT JOIN (SELECT DISTINCT "key" FROM {chg} WHERE "name" = $1 AND "version" > $2) c '
             'ON TRUE WHERE v."name" = $1'
         )
-        self.bump = f'UPDATE {ver} SET "version" = "version" + 1 WHERE "name" = $1 RETURNING "version"'
+        self.lock = f'SELECT "version", "token" FROM {ver} WHERE "name" = $1 FOR UPDATE'
+        self.commit = f'UPDATE {ver} SET "version" = $2, "token" = $3 WHERE "name" = $1'
         self.upsert = (
             f"INSERT INTO {t} ({self.cols_in}) VALUES ({vals_in}) "
             f"ON CONFLICT ({self.conflict}) DO UPDATE SET {v} = excluded.{v}"
         )
-        # A row whose value is NULL counts as absent everywhere, so setdefault may fill it.
-        self.insert_new = (
-            f"INSERT INTO {t} AS t ({self.cols_in}) VALUES ({vals_in}) "
-            f"ON CONFLICT ({self.conflict}) DO UPDATE SET {v} = excluded.{v} WHERE t.{v} IS NULL RETURNING {k}"
-        )
         self.get = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
-        self.delete = f"DELETE FROM {t} AS t WHERE t.{k} = $1{scoped(2)} RETURNING {v}"
-        self.clear = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')} RETURNING {k}, {v}"
-        self.log = f'INSERT INTO {chg} ("name", "version", "key") VALUES ($1, $2, $3)'
+        self.delete = f"DELETE FROM {t} AS t WHERE t.{k} = $1{scoped(2)}"
+        self.select_all = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
+        self.delete_all = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')}"
+        self.log = f'INSERT INTO {chg} ("name", "version", "key", "token") VALUES ($1, $2, $3, $4)'
         self.trim = f'DELETE FROM {chg} WHERE "name" = $1 AND "version" <= $2'
         self.horizon = f'UPDATE {ver} SET "horizon" = $2 WHERE "name" = $1 AND "horizon" < $2'
-
-
-class StandardDialect(Dialect):
-    """The writes SQLite and PostgreSQL share: deletes and inserts that say what they found."""
-
-    @property
-    def sql(self) -> StandardStatements:
-        raise NotImplementedError
-
-    async def take(self, s: Session, key: str) -> Any:
-        rows = await s.fetch(self.sql.delete, self.scope(key))
-        return rows[0][0] if rows else None
-
-    async def take_all(self, s: Session) -> list[Sequence[Any]]:
-        return await s.fetch(self.sql.clear, self.scope())
-
-    async def insert_new(self, s: Session, key: str, stored: Any) -> Any:
-        if await s.fetch(self.sql.insert_new, self.scope(key, stored)):
-            return None
-        # Still under the lock: this is the value as of the version before this write.
-        return (await s.fetch(self.sql.get, self.scope(key)))[0][0]
 
 
 def library_ddl(*, serial: str, blob: str, with_entry: bool) -> list[str]:
@@ -84,11 +68,12 @@ def library_ddl(*, serial: str, blob: str, with_entry: bool) -> list[str]:
     statements = [
         (
             f'CREATE TABLE IF NOT EXISTS "{VERSION_TABLE}" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
-            '"version" BIGINT NOT NULL, "horizon" BIGINT NOT NULL)'
+            '"version" BIGINT NOT NULL, "horizon" BIGINT NOT NULL, '
+            '"token" VARCHAR(32), "store" VARCHAR(32), "secret" VARCHAR(64))'
         ),
         (
             f'CREATE TABLE IF NOT EXISTS "{CHANGE_TABLE}" ("id" {serial}, "name" VARCHAR(255) NOT NULL, '
-            '"version" BIGINT NOT NULL, "key" TEXT NOT NULL)'
+            '"version" BIGINT NOT NULL, "key" TEXT NOT NULL, "token" VARCHAR(32))'
         ),
         f'CREATE INDEX IF NOT EXISTS "aiodurabledict_change_name_version" ON "{CHANGE_TABLE}" ("name", "version")',
     ]
@@ -99,3 +84,10 @@ def library_ddl(*, serial: str, blob: str, with_entry: bool) -> list[str]:
             'CONSTRAINT "uid_aiodurabled_keyspac_200fe1" UNIQUE ("keyspace", "key"))'
         )
     return statements
+
+
+#: The columns the previous release's tables lack, with their types: added in place at ``start()``.
+NEW_COLUMNS: dict[str, dict[str, str]] = {
+    VERSION_TABLE: {"token": "VARCHAR(32)", "store": "VARCHAR(32)", "secret": "VARCHAR(64)"},
+    CHANGE_TABLE: {"token": "VARCHAR(32)"},
+}
