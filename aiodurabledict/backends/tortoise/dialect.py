@@ -9,7 +9,6 @@ changed key with that token: writers from any number of processes serialise, ``s
 cache catches up in one query (the log since its version joined with the current values).
 """
 
-
 from __future__ import annotations
 
 import secrets
