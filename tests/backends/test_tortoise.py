@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,23 @@ from aiodurabledict.backends.tortoise import ModelDict, PostgresBackend, Tortois
 from aiodurabledict.backends.tortoise.connection import OwnedDatabase
 from aiodurabledict.testing.conformance import eventually
 from tests.backends.tortoise_kit import (
+    DIALECTS,
     Counter,
     app_context,
     backend_of,
     database,
-    db_url,  # noqa: F401 - a fixture
     pooled,
     table_content,
 )
 from tests.stores.tortoise import Setting, TextSetting, mysql_database, tortoise_store
+
+
+@pytest.fixture(params=DIALECTS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test runs on a SQLite file, a PostgreSQL schema and a MySQL database of its own."""
+    async with database(request.param, tmp_path) as url:
+        yield url
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +78,8 @@ async def test_writes_return_their_delta_with_tokens(db_url: str) -> None:
         v0, t0 = start.version, start.token
         one = await b.set("a", b"1")
         assert (one.version, one.changes, one.prev, one.prev_token) == (v0 + 1, {"a": b"1"}, v0, t0)
-        assert one.token is not None and len(one.token) == 16
+        assert one.token is not None
+        assert len(one.token) == 16
         two = await b.update({"b": b"2", "c": b"3"})
         assert (two.version, two.prev, two.prev_token) == (v0 + 2, v0 + 1, one.token)
         three, old = await b.pop("a")
@@ -115,7 +125,9 @@ async def test_compare_and_set_under_the_lock(db_url: str) -> None:
     async with tortoise_store(db_url, model=Setting) as make, await make(watch=False) as d:
         b = backend_of(d)
         made, swapped = await b.compare_and_set("k", None, b"1")
-        assert swapped and made.changes == {"k": b"1"} and made.prev is not None
+        assert swapped
+        assert made.changes == {"k": b"1"}
+        assert made.prev is not None
         reading, swapped = await b.compare_and_set("k", b"2", b"3")
         assert not swapped
         assert (reading.version, reading.prev, reading.token, reading.changes) == (
@@ -125,9 +137,13 @@ async def test_compare_and_set_under_the_lock(db_url: str) -> None:
             {"k": b"1"},
         )
         gone, swapped = await b.compare_and_set("k", b"1", None)
-        assert swapped and gone.changes == {"k": None} and gone.version == made.version + 1
+        assert swapped
+        assert gone.changes == {"k": None}
+        assert gone.version == made.version + 1
         nothing, swapped = await b.compare_and_set("k", None, None)
-        assert swapped and nothing.prev is None and nothing.version == gone.version
+        assert swapped
+        assert nothing.prev is None
+        assert nothing.version == gone.version
 
 
 async def test_log_is_trimmed_and_old_caches_reload_fully(db_url: str) -> None:
@@ -298,7 +314,9 @@ async def test_library_tables_from_the_users_apps(db_url: str) -> None:
             await d.set("k", 1)
         row = await DictVersion.get(name="aiodurabledict_entry/apps")
         assert row.version == 1
-        assert row.token is not None and row.store is not None and row.secret is not None
+        assert row.token is not None
+        assert row.store is not None
+        assert row.secret is not None
         assert (await DurableEntry.get(keyspace="apps", key="k")).value == b"1"
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +18,10 @@ from aiodurabledict.backends.tortoise import ModelDict
 from aiodurabledict.backends.tortoise_models import DurableEntry
 from aiodurabledict.testing.conformance import eventually
 from tests.backends.tortoise_kit import (
+    DIALECTS,
     app_context,
     backend_of,
-    db_url,  # noqa: F401 - a fixture
+    database,
     entries,
     execute,
     table_content,
@@ -26,37 +29,63 @@ from tests.backends.tortoise_kit import (
 from tests.servers import require_memcached
 from tests.stores.tortoise import tortoise_store
 
+
+@pytest.fixture(params=DIALECTS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test runs on a SQLite file, a PostgreSQL schema and a MySQL database of its own."""
+    async with database(request.param, tmp_path) as url:
+        yield url
+
+
 # The previous release's tables, as it created them.
 _OLD_TABLES = {
     "sqlite": [
-        'CREATE TABLE "aiodurabledict_version" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
-        '"version" BIGINT NOT NULL, "horizon" BIGINT NOT NULL)',
-        'CREATE TABLE "aiodurabledict_change" ("id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
-        '"name" VARCHAR(255) NOT NULL, "version" BIGINT NOT NULL, "key" TEXT NOT NULL)',
-        'CREATE TABLE "aiodurabledict_entry" ("id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
-        '"keyspace" VARCHAR(255) NOT NULL, "key" VARCHAR(512) NOT NULL, "value" BLOB NOT NULL, '
-        'CONSTRAINT "uid_aiodurabled_keyspac_200fe1" UNIQUE ("keyspace", "key"))',
+        (
+            'CREATE TABLE "aiodurabledict_version" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
+            '"version" BIGINT NOT NULL, "horizon" BIGINT NOT NULL)'
+        ),
+        (
+            'CREATE TABLE "aiodurabledict_change" ("id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
+            '"name" VARCHAR(255) NOT NULL, "version" BIGINT NOT NULL, "key" TEXT NOT NULL)'
+        ),
+        (
+            'CREATE TABLE "aiodurabledict_entry" ("id" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
+            '"keyspace" VARCHAR(255) NOT NULL, "key" VARCHAR(512) NOT NULL, "value" BLOB NOT NULL, '
+            'CONSTRAINT "uid_aiodurabled_keyspac_200fe1" UNIQUE ("keyspace", "key"))'
+        ),
     ],
     "postgres": [
-        'CREATE TABLE "aiodurabledict_version" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
-        '"version" BIGINT NOT NULL, "horizon" BIGINT NOT NULL)',
-        'CREATE TABLE "aiodurabledict_change" ("id" BIGSERIAL NOT NULL PRIMARY KEY, '
-        '"name" VARCHAR(255) NOT NULL, "version" BIGINT NOT NULL, "key" TEXT NOT NULL)',
-        'CREATE TABLE "aiodurabledict_entry" ("id" BIGSERIAL NOT NULL PRIMARY KEY, '
-        '"keyspace" VARCHAR(255) NOT NULL, "key" VARCHAR(512) NOT NULL, "value" BYTEA NOT NULL, '
-        'CONSTRAINT "uid_aiodurabled_keyspac_200fe1" UNIQUE ("keyspace", "key"))',
+        (
+            'CREATE TABLE "aiodurabledict_version" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, '
+            '"version" BIGINT NOT NULL, "horizon" BIGINT NOT NULL)'
+        ),
+        (
+            'CREATE TABLE "aiodurabledict_change" ("id" BIGSERIAL NOT NULL PRIMARY KEY, '
+            '"name" VARCHAR(255) NOT NULL, "version" BIGINT NOT NULL, "key" TEXT NOT NULL)'
+        ),
+        (
+            'CREATE TABLE "aiodurabledict_entry" ("id" BIGSERIAL NOT NULL PRIMARY KEY, '
+            '"keyspace" VARCHAR(255) NOT NULL, "key" VARCHAR(512) NOT NULL, "value" BYTEA NOT NULL, '
+            'CONSTRAINT "uid_aiodurabled_keyspac_200fe1" UNIQUE ("keyspace", "key"))'
+        ),
     ],
     "mysql": [
-        "CREATE TABLE `aiodurabledict_version` (`name` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin "
-        "NOT NULL PRIMARY KEY, `version` BIGINT NOT NULL, `horizon` BIGINT NOT NULL) ENGINE=InnoDB",
-        "CREATE TABLE `aiodurabledict_change` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
-        "`name` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, `version` BIGINT NOT NULL, "
-        "`key` LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, "
-        "KEY `aiodurabledict_change_name_version` (`name`, `version`)) ENGINE=InnoDB",
-        "CREATE TABLE `aiodurabledict_entry` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
-        "`keyspace` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, "
-        "`key` VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, `value` LONGBLOB NOT NULL, "
-        "UNIQUE KEY `uid_aiodurabled_keyspac_200fe1` (`keyspace`, `key`)) ENGINE=InnoDB",
+        (
+            "CREATE TABLE `aiodurabledict_version` (`name` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin "
+            "NOT NULL PRIMARY KEY, `version` BIGINT NOT NULL, `horizon` BIGINT NOT NULL) ENGINE=InnoDB"
+        ),
+        (
+            "CREATE TABLE `aiodurabledict_change` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
+            "`name` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, `version` BIGINT NOT NULL, "
+            "`key` LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, "
+            "KEY `aiodurabledict_change_name_version` (`name`, `version`)) ENGINE=InnoDB"
+        ),
+        (
+            "CREATE TABLE `aiodurabledict_entry` (`id` BIGINT NOT NULL PRIMARY KEY AUTO_INCREMENT, "
+            "`keyspace` VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, "
+            "`key` VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, `value` LONGBLOB NOT NULL, "
+            "UNIQUE KEY `uid_aiodurabled_keyspac_200fe1` (`keyspace`, `key`)) ENGINE=InnoDB"
+        ),
     ],
 }
 
@@ -77,8 +106,10 @@ async def test_previous_release_tables_are_migrated_in_place(db_url: str) -> Non
             await client.execute_script(statement)
         rows = [
             f"INSERT INTO {q}aiodurabledict_version{q} VALUES ('aiodurabledict_entry/old', 2, 0)",
-            f"INSERT INTO {q}aiodurabledict_change{q} ({q}name{q}, {q}version{q}, {q}key{q}) "
-            "VALUES ('aiodurabledict_entry/old', 1, 'a'), ('aiodurabledict_entry/old', 2, 'b')",
+            (
+                f"INSERT INTO {q}aiodurabledict_change{q} ({q}name{q}, {q}version{q}, {q}key{q}) "
+                "VALUES ('aiodurabledict_entry/old', 1, 'a'), ('aiodurabledict_entry/old', 2, 'b')"
+            ),
             f"INSERT INTO {q}aiodurabledict_entry{q} ({q}keyspace{q}, {q}key{q}, {q}value{q}) "
             # Bytes: SQLite keeps a quoted string as text even in a BLOB column.
             + (
@@ -94,7 +125,8 @@ async def test_previous_release_tables_are_migrated_in_place(db_url: str) -> Non
         await asyncio.gather(*(stack.enter_async_context(d) for d in dicts))
         assert all(d == {"a": 1, "b": [2]} and d.version == 2 for d in dicts)
         identities = {backend_of(d).identity for d in dicts}
-        assert len(identities) == 1 and None not in identities
+        assert len(identities) == 1
+        assert None not in identities
         await dicts[0].set("c", 3)
         await dicts[1].sync()
         assert dicts[1] == {"a": 1, "b": [2], "c": 3}
@@ -130,8 +162,10 @@ async def _copy(d: AsyncDurableDict[Any]) -> list[tuple[str, list[Any]]]:
         ('DELETE FROM "aiodurabledict_entry" WHERE "keyspace" = $1', [keyspace]),
         *[
             (
-                'INSERT INTO "aiodurabledict_version" ("name", "version", "horizon", "token", "store", "secret") '
-                "VALUES ($1, $2, $3, $4, $5, $6)",
+                (
+                    'INSERT INTO "aiodurabledict_version" ("name", "version", "horizon", "token", "store", "secret") '
+                    "VALUES ($1, $2, $3, $4, $5, $6)"
+                ),
                 list(row),
             )
             for row in version
@@ -215,11 +249,9 @@ async def test_a_restore_that_reuses_the_readers_version_is_not_taken_for_nothin
 def _driver_error(kind: str) -> type[BaseException]:
     if kind == "sqlite":
         return sqlite3.Error
-    if kind == "postgres":
-        exc: type[BaseException] = importlib.import_module("asyncpg").PostgresError
-        return exc
-    exc = importlib.import_module("asyncmy.errors").MySQLError
-    return exc
+    module, name = ("asyncpg", "PostgresError") if kind == "postgres" else ("asyncmy.errors", "MySQLError")
+    error: type[BaseException] = getattr(importlib.import_module(module), name)
+    return error
 
 
 async def test_driver_failures_are_backend_errors(db_url: str) -> None:

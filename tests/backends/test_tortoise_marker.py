@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +16,22 @@ import pytest
 from aiodurabledict.backends.tortoise.marker import Mark, Marker, Seen
 from aiodurabledict.testing.conformance import eventually
 from tests.backends.tortoise_kit import (
+    DIALECTS,
     Counter,
     backend_of,
-    db_url,  # noqa: F401 - a fixture
+    database,
 )
 from tests.servers import free_port, host_port, require_memcached
 from tests.stores.tortoise import Setting, tortoise_store
 from tests.wrappers import deaf
+
+
+@pytest.fixture(params=DIALECTS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test runs on a SQLite file, a PostgreSQL schema and a MySQL database of its own."""
+    async with database(request.param, tmp_path) as url:
+        yield url
+
 
 pytestmark = pytest.mark.memcached
 
@@ -160,7 +170,8 @@ async def test_a_commit_spoils_a_readers_claim(mc: Any) -> None:
         seen = await reader.read()
         assert seen == Seen(None, None)
         claim = await reader.claim(seen)
-        assert claim is not None and claim.cas is not None
+        assert claim is not None
+        assert claim.cas is not None
         assert await writer.raise_to(Mark(7, "t7"))
         await reader.repair(Mark(6, "t6"), claim)
         assert await mc.get(reader.key) is None

@@ -3,7 +3,6 @@ secret), the same database reached by two host names, and one LISTEN connection 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib
 import logging
@@ -15,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from aiodurabledict import AsyncDurableDict, Delta, PushBackend
+from aiodurabledict import AsyncDurableDict, PushBackend
 from aiodurabledict.backends.tortoise import ModelDict, PostgresBackend
 from aiodurabledict.backends.tortoise_models import DurableEntry
 from aiodurabledict.testing.conformance import eventually
-from tests.backends.tortoise_kit import app_context, backend_of, database
+from tests.backends.tortoise_kit import app_context, backend_of, database, notices_of
 from tests.servers import PostgresServer, ServerError, host_port, postgres_url, require_memcached, unavailable
 from tests.stores.tortoise import Setting, postgres_schema, schema_url, tortoise_store
 from tests.wrappers import spied
@@ -34,11 +33,6 @@ def postgres_of(d: AsyncDurableDict[Any]) -> PostgresBackend:
     backend = backend_of(d)
     assert isinstance(backend, PostgresBackend)
     return backend
-
-
-def notices_of(d: AsyncDurableDict[Any]) -> list[Delta]:
-    """What the spied backend of ``d`` has heard."""
-    return d.backend.notices  # type: ignore[attr-defined,no-any-return]
 
 
 def channel_of(d: AsyncDurableDict[Any]) -> str:
@@ -78,7 +72,7 @@ async def test_one_database_by_two_host_names_shares_notices_and_marker() -> Non
     import aiomcache
 
     base = postgres_url()
-    host, port = host_port(base, 5432)
+    host, _port = host_port(base, 5432)
     if host != "127.0.0.1":
         pytest.skip("needs the shared PostgreSQL on 127.0.0.1")
     mc = aiomcache.Client(*host_port(require_memcached(), 11211))
@@ -97,7 +91,9 @@ async def test_one_database_by_two_host_names_shares_notices_and_marker() -> Non
         await eventually(lambda: reader.live)
         assert channel_of(reader) == channel_of(writer)
         marker, other = backend_of(reader).marker, backend_of(writer).marker
-        assert marker is not None and other is not None and marker.key == other.key
+        assert marker is not None
+        assert other is not None
+        assert marker.key == other.key
         await writer.set("k", 1)
         # Only a notice can bring it: the next check is a minute away.
         await eventually(lambda: reader.view.get("k") == 1, within=5)
@@ -162,7 +158,8 @@ async def test_a_role_that_may_only_connect_cannot_plant_values(
         warnings = [r.getMessage() for r in caplog.records if "NOTIFY" in r.getMessage()]
         assert len(warnings) == 1
         assert "signature" in warnings[0]
-        assert "planted" not in caplog.text and planted not in caplog.text
+        assert "planted" not in caplog.text
+        assert planted not in caplog.text
 
 
 async def test_malformed_notices_keep_the_subscription(
@@ -191,7 +188,8 @@ async def test_malformed_notices_keep_the_subscription(
         finally:
             await admin.close()
         assert postgres_of(reader).ignored_notices == 50
-        assert reader.status.since == since and reader.live
+        assert reader.status.since == since
+        assert reader.live
         assert len([r for r in caplog.records if "NOTIFY" in r.getMessage()]) == 1
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from tortoise.context import TortoiseContext
 
-from aiodurabledict import AsyncDurableDict
+from aiodurabledict import AsyncDurableDict, Delta
 from aiodurabledict.backends.tortoise import TortoiseBackend
 from tests.stores.tortoise import (
     generate_schemas,
@@ -23,14 +23,15 @@ from tests.stores.tortoise import (
 )
 
 __all__ = [
+    "DIALECTS",
     "ONE_CONNECTION",
     "Counter",
     "app_context",
     "backend_of",
     "database",
-    "db_url",
     "entries",
     "execute",
+    "notices_of",
     "pooled",
     "table_content",
 ]
@@ -57,17 +58,12 @@ async def database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
             yield f"{schema_url(schema)}&{ONE_CONNECTION}"
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ]
-)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Each test runs on a SQLite file, a PostgreSQL schema and a MySQL database of its own."""
-    async with database(request.param, tmp_path) as url:
-        yield url
+#: The params of a ``db_url`` fixture: each test on SQLite, PostgreSQL and MySQL.
+DIALECTS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
 
 
 @asynccontextmanager
@@ -86,6 +82,13 @@ def backend_of(d: AsyncDurableDict[Any]) -> TortoiseBackend:
     backend = getattr(backend, "inner", backend)
     assert isinstance(backend, TortoiseBackend)
     return backend
+
+
+def notices_of(d: AsyncDurableDict[Any]) -> list[Delta]:
+    """What the ``spied`` backend of ``d`` has heard so far."""
+    backend: Any = d.backend
+    notices: list[Delta] = backend.notices
+    return notices
 
 
 def _placeholders(kind: str, sql: str) -> str:

@@ -17,6 +17,7 @@ from tortoise.exceptions import DBConnectionError, OperationalError
 
 from ..._backend import Delta, new_token
 from ...errors import EncodeError, InvalidKeyError
+from ._asyncpg import connection
 from .columns import Columns, quote
 from .dialect import Dialect, Identity, Session
 from .models import CHANGE_TABLE, ENTRY_TABLE, VERSION_TABLE
@@ -109,12 +110,8 @@ class PostgresDialect(Dialect):
 
     @asynccontextmanager
     async def session(self, client: BaseDBAsyncClient, *, write: bool = False) -> AsyncIterator[Session]:
-        async with client.acquire_connection() as conn:
-            if write:
-                async with conn.transaction():
-                    yield _PostgresSession(conn)
-            else:
-                yield _PostgresSession(conn)
+        async with connection(client, transaction=write) as conn:
+            yield _PostgresSession(conn)
 
     async def create(self, client: BaseDBAsyncClient) -> None:
         with_entry = self.cols.table == ENTRY_TABLE
@@ -161,11 +158,11 @@ class PostgresDialect(Dialect):
         args = [self.name, key, stored, token, tail({key: value}), self.channel, outer, inner]
         async with self.session(client) as s:
             rows = await s.fetch(self.sql.set, self.scope(*args))
-            if not rows:
-                raise self.missing()
-            version = int(rows[0][0])
-            if self.trim_due(version):
-                # Its own transaction, after the write: trimming late is harmless.
-                async with s.conn.transaction():  # type: ignore[attr-defined]
-                    await self.trim(s, version)
+        if not rows:
+            raise self.missing()
+        version = int(rows[0][0])
+        if self.trim_due(version):
+            # Its own transaction, after the write: trimming late is harmless.
+            async with self.session(client, write=True) as s:
+                await self.trim(s, version)
         return Delta(version, {key: value}, prev=version - 1, token=token, prev_token=rows[0][1])
