@@ -7,6 +7,7 @@ is push: ``PostgresBackend`` has ``subscribe()``; SQLite and MySQL are polled.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..._backend import Delta
 from ..._types import DEFAULT_KEYSPACE
-from ...errors import map_exceptions
+from ...errors import BackendError, map_exceptions
 from .columns import Columns
 from .connection import AppDatabase, Database
 from .listener import listen
@@ -234,6 +235,18 @@ class TortoiseBackend:
 
     # -- writes ----------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[BaseDBAsyncClient]:
+        """The client for one write. A write cut short may still have committed (its reply lost): it
+        drops the marker, so that readers ask the database."""
+        try:
+            with self._errors():
+                yield self.client()
+        except (BackendError, OSError, TimeoutError, asyncio.CancelledError):
+            if self._marker is not None:
+                await self._marker.forget()
+            raise
+
     async def _answered(self, delta: Delta) -> Delta:
         """Learn what a write found or committed; mark a commit before the write returns."""
         self._known = Mark(delta.version, delta.token)
@@ -250,32 +263,32 @@ class TortoiseBackend:
 
     async def set(self, key: str, value: bytes) -> Delta:
         """Store ``value`` under ``key``."""
-        with self._errors():
-            delta = await self._dialect.set(self.client(), key, value)
+        async with self._writing() as client:
+            delta = await self._dialect.set(client, key, value)
         return await self._answered(delta)
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
         """Store every item in one transaction."""
-        with self._errors():
-            delta = await self._dialect.update(self.client(), items)
+        async with self._writing() as client:
+            delta = await self._dialect.update(client, items)
         return await self._answered(delta)
 
     async def pop(self, key: str) -> tuple[Delta, bytes | None]:
         """Delete one row; the commit and the value it held, or a reading when it is absent."""
-        with self._errors():
-            delta, old = await self._dialect.pop(self.client(), key)
+        async with self._writing() as client:
+            delta, old = await self._dialect.pop(client, key)
         return await self._answered(delta), old
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
         """Insert the row unless the key is present; exactly one of concurrent callers writes."""
-        with self._errors():
-            delta, stored = await self._dialect.setdefault(self.client(), key, value)
+        async with self._writing() as client:
+            delta, stored = await self._dialect.setdefault(client, key, value)
         return await self._answered(delta), stored
 
     async def clear(self) -> Delta:
         """Delete every row of the dict in one transaction."""
-        with self._errors():
-            delta = await self._dialect.clear(self.client())
+        async with self._writing() as client:
+            delta = await self._dialect.clear(client)
         return await self._answered(delta)
 
     async def compare_and_set(
@@ -283,8 +296,8 @@ class TortoiseBackend:
     ) -> tuple[Delta, bool]:
         """Store ``new`` (``None``: remove) if the stored value is ``expected`` (``None``: absent),
         atomically (under the dict's lock)."""
-        with self._errors():
-            delta, swapped = await self._dialect.compare_and_set(self.client(), key, expected, new)
+        async with self._writing() as client:
+            delta, swapped = await self._dialect.compare_and_set(client, key, expected, new)
         return await self._answered(delta), swapped
 
 

@@ -159,7 +159,7 @@ class Marker:
         except _FAILURES:
             drop_idle_connections(self.client)
             self.failures += 1
-            return await self._forget()
+            return await self.forget()
         except BaseException:
             drop_idle_connections(self.client)
             raise
@@ -181,7 +181,9 @@ class Marker:
         # A claim to spoil, or other writers keep moving it: a missing marker is always safe.
         await client.delete(key)
 
-    async def _forget(self) -> bool:
+    async def forget(self) -> bool:
+        """Delete the marker (readers then ask the database); ``False``, with a warning at most once a
+        minute, when memcached does not answer."""
         try:
             await self._call("delete")
         except _FAILURES:
@@ -189,7 +191,7 @@ class Marker:
             if now - self._warned_at > 60:
                 self._warned_at = now
                 log.warning(
-                    "memcached marker %s: a commit could not be marked (memcached does not answer); "
+                    "memcached marker %s: memcached does not answer, so a commit could not be marked; "
                     "readers that trust the marker may miss it until they confirm against the database",
                     self.key.decode(),
                 )
