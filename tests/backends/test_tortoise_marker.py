@@ -157,6 +157,7 @@ async def test_a_late_writer_after_a_flush_never_marks_older_news(mc: Any) -> No
         assert await marker.raise_to(Mark(5, "t5"))
         assert await mc.get(marker.key) == b"6:t6"
     finally:
+        marker.close()
         await mc.delete(marker.key)
 
 
@@ -181,4 +182,6 @@ async def test_a_commit_spoils_a_readers_claim(mc: Any) -> None:
         await reader.repair(Mark(7, "t7"), claim)
         assert await mc.get(reader.key) == b"7:t7"
     finally:
+        reader.close()
+        writer.close()
         await mc.delete(reader.key)

@@ -19,7 +19,7 @@ import pytest
 
 from aiodurabledict import AsyncDurableDict, BackendError
 from aiodurabledict.backends.tortoise import ModelDict
-from aiodurabledict.backends.tortoise.marker import Marker
+from aiodurabledict.backends.tortoise.marker import Mark, Marker
 from aiodurabledict.testing.conformance import Factory, eventually
 from tests.backends.tortoise_kit import app_context, backend_of, entries, notices_of
 from tests.servers import MemcachedServer, PostgresServer, ServerError, unavailable
@@ -194,27 +194,30 @@ async def test_memcached_frozen_then_thawed(tmp_path: Path) -> None:
 
 
 async def test_cancelled_memcached_call_leaves_no_reply_behind() -> None:
-    """A memcached call cut short (timeout or cancel) never lets the next call read its late reply."""
+    """A memcached call cut short (timeout or cancel) never lets the next call read its late reply:
+    neither the marker's reads on their own connection nor its updates through the client's pool."""
     import aiomcache
 
     async with private_memcached() as server:
         client = aiomcache.Client("127.0.0.1", server.port, pool_size=1)
+        marker = Marker(client, b"probe", timeout=0.05, backoff=0.0)
         try:
-            marker = Marker(client, b"probe", timeout=0.05, backoff=0.0)
             await client.set(b"probe", b"1:a")
             await client.set(b"other", b"2")
             server.freeze()
             await asyncio.sleep(0.1)  # SIGSTOP has reached every thread
             assert await marker.read() is None  # timed out; the request is still queued
+            assert not await marker.raise_to(Mark(2, "b"))  # so is this one, on the client's pool
             server.thaw()
-            # The frozen request's reply arrives now; a reused connection would hand it to us.
+            # The frozen requests' replies arrive now; a reused connection would hand them to us.
             assert await client.get(b"other") == b"2"
+            await client.set(b"probe", b"3:c")
             seen = await marker.read()
             assert seen is not None
-            assert seen.mark is not None
-            assert seen.mark.version == 1
+            assert seen.mark == Mark(3, "c")
         finally:
             server.thaw()
+            marker.close()
             await client.close()
 
 

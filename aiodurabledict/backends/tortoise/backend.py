@@ -192,7 +192,10 @@ class TortoiseBackend:
         self._identity = identity
 
     async def aclose(self) -> None:
-        """Close the connection the dict opened itself (``open_dict`` URLs); never the application's."""
+        """Close the connections the dict opened itself (``open_dict`` URLs, the marker's reads);
+        never the application's."""
+        if self._marker is not None:
+            self._marker.close()
         await self._database.aclose()
 
     # -- reads -----------------------------------------------------------------------------------

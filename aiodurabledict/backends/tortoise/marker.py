@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._aiomcache import drop_idle_connections
+from ._aiomcache import Reader, drop_idle_connections
 
 if TYPE_CHECKING:
     import aiomcache
@@ -90,6 +90,15 @@ class Marker:
         self.down_until = 0.0
         self.failures = 0
         self._warned_at = 0.0
+        try:
+            self._reader: Reader | None = Reader(client, timeout)
+        except AttributeError:  # not aiomcache's client: its own calls will do
+            self._reader = None
+
+    def close(self) -> None:
+        """Close the connection the marker reads on (the client stays the user's)."""
+        if self._reader is not None:
+            self._reader.close()
 
     def __repr__(self) -> str:
         return f"Marker({self.key.decode()!r})"
@@ -112,13 +121,13 @@ class Marker:
         if time.monotonic() < self.down_until:
             return None
         try:
-            got = await self._call("gets")
+            got = await self._reader.gets(self.key) if self._reader is not None else None
+            raw, cas = got if got is not None else await self._call("gets")
         except _FAILURES:
             self._failed()
             return None
-        if got is None or got[0] is None:
+        if not isinstance(raw, bytes):
             return Seen(None, None)
-        raw, cas = got
         return Seen(Mark.decode(raw), cas)
 
     async def claim(self, seen: Seen) -> Seen | None:
