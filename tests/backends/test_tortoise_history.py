@@ -9,11 +9,11 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from aiodurabledict import AsyncDurableDict, BackendError
+from aiodurabledict import AsyncDurableDict, Backend, BackendError
 from aiodurabledict.backends.tortoise import ModelDict
 from aiodurabledict.backends.tortoise_models import DurableEntry
 from aiodurabledict.testing.conformance import eventually
@@ -266,3 +266,43 @@ async def test_driver_failures_are_backend_errors(db_url: str) -> None:
             await d.set("k", 2)
         assert isinstance(info.value.__cause__, _driver_error(kind))
         assert d["k"] == 1
+
+
+class _GatedPop:
+    """The backend of a dict whose pop reads the store at once and answers when ``gate`` opens."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.read = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def pop(self, key: str) -> Any:
+        answer = await self.inner.pop(key)
+        self.read.set()
+        await self.gate.wait()
+        return answer
+
+
+async def test_an_absent_pop_racing_a_set_never_hides_the_key(db_url: str) -> None:
+    """A pops k and finds it absent; B sets k; A's cache takes B's write; then A's late answer
+    arrives. It is a reading at the version the store answered at, so it cannot remove the newer k."""
+    async with tortoise_store(db_url, keyspace="race", heartbeat=60, poll_interval=0.02) as make:
+        model_dict = await make()
+        gated = _GatedPop(model_dict.backend)
+        async with (
+            AsyncDurableDict[Any](cast(Backend, gated), heartbeat=60, poll_interval=0.02) as a,
+            await make(watch=False) as b,
+        ):
+            await eventually(lambda: a.status.connected)
+            popping = asyncio.create_task(a.pop("k", None))
+            await gated.read.wait()
+            await b.set("k", 1)
+            await eventually(lambda: "k" in a)
+            gated.gate.set()
+            assert await popping is None
+            assert a["k"] == 1
+            await a.sync()
+            assert a == {"k": 1}

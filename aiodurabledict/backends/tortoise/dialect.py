@@ -240,8 +240,8 @@ class Dialect(ABC):
         return version % self.trim_every == 0 and version > self.log_keep
 
     async def trim(self, s: Session, version: int) -> None:
-        """Forget the log up to ``version - log_keep``; the horizon moves first, so that a reader
-        never takes a log with holes for a whole one."""
+        """Forget the log before ``version - log_keep`` (the horizon's own rows stay: they name its
+        token); the horizon moves first, so that a reader never takes a log with holes for a whole one."""
         horizon = version - self.log_keep
         await s.execute(self.sql.horizon, [self.name, horizon])
         await s.execute(self.sql.trim, [self.name, horizon])

@@ -59,7 +59,7 @@ class StandardStatements(Statements):
         self.select_all = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
         self.delete_all = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')}"
         self.log = f'INSERT INTO {chg} ("name", "version", "key", "token") VALUES ($1, $2, $3, $4)'
-        self.trim = f'DELETE FROM {chg} WHERE "name" = $1 AND "version" <= $2'
+        self.trim = f'DELETE FROM {chg} WHERE "name" = $1 AND "version" < $2'
         self.horizon = f'UPDATE {ver} SET "horizon" = $2 WHERE "name" = $1 AND "horizon" < $2'
 
 
