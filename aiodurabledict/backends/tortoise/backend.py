@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -57,10 +58,10 @@ class TortoiseBackend:
 
     Options: ``name`` (the dict's row in the version table; default: the table name, plus
     ``/keyspace``), ``cache`` (an ``aiomcache.Client`` for the version marker), ``cache_timeout``
-    (seconds per memcached call), ``confirm_interval`` (seconds after which a poll checks the
+    (seconds per memcached call), ``confirm_interval`` (seconds after which a check asks the
     database even though the marker says nothing changed: the net under a writer that died between
-    its commit and the marker), ``poll_interval``, ``log_keep`` (versions of log kept),
-    ``marker_key``, ``connection`` (the Tortoise connection name; default: the model's),
+    its commit and the marker, or could not reach memcached), ``poll_interval``, ``log_keep``
+    (versions of log kept), ``marker_key`` (default: named after the store's identity), ``connection`` (the Tortoise connection name; default: the model's),
     ``context`` (the Tortoise context; default: the one current now) and ``database`` (a database
     the dict opens itself, as ``open_dict`` URLs make).
 
@@ -94,6 +95,8 @@ class TortoiseBackend:
             raise ValueError("keyspace must not be empty")
         if log_keep < 1:
             raise ValueError("log_keep must be at least 1")
+        if marker_key is not None and not re.fullmatch(r"[!-~]{1,250}", marker_key):
+            raise ValueError("marker_key must be 1 to 250 printable ASCII characters without spaces")
         cols = Columns(model, key_col, value_col, keyspace_col)
         self._name = name or (cols.table + (f"/{keyspace}" if keyspace is not None else ""))
         if len(self._name) > 255:

@@ -71,8 +71,12 @@ class AppDatabase:
         if bound is None:
             raise ValueError(f"{model.__name__} is bound to no Tortoise connection; is it registered?")
         self.alias: str = bound
-        # Making the client does no I/O; its class says what database it reaches.
-        self._kind: str = self.context.connections.get(self.alias).capabilities.dialect
+        # Making the client does no I/O; its class says what database it reaches, and through what.
+        client = self.context.connections.get(self.alias)
+        kind: str = client.capabilities.dialect
+        if kind == "postgres" and not type(client).__module__.startswith("tortoise.backends.asyncpg"):
+            kind = f"postgres through {type(client).__name__}"
+        self._kind = kind
 
     @property
     def kind(self) -> str:
