@@ -52,10 +52,10 @@ _OPENERS: Mapping[str, tuple[str, str]] = {
     "redis+cluster": (".backends.redis.url", "redis"),
     "redis+sentinel": (".backends.redis.url", "redis"),
     "zookeeper": (".backends.zookeeper_url", "zookeeper"),
-    "sqlite": (".backends.tortoise_url", "tortoise"),
-    "postgres": (".backends.tortoise_url", "postgres"),
-    "postgresql": (".backends.tortoise_url", "postgres"),
-    "mysql": (".backends.tortoise_url", "mysql"),
+    "sqlite": (".backends.tortoise.url", "tortoise"),
+    "postgres": (".backends.tortoise.url", "postgres"),
+    "postgresql": (".backends.tortoise.url", "postgres"),
+    "mysql": (".backends.tortoise.url", "mysql"),
     "memory": (".backends.memory_url", ""),
 }
 SCHEMES = tuple(_OPENERS)

@@ -1,59 +1,12 @@
-"""The tables ``ModelDict`` keeps beside the data: a version row per dict and a log of changed keys.
-
-Add this module to your Tortoise apps (``modules={"models": ["myapp.models",
-"aiodurabledict.backends.tortoise_models"]}``) so that your schema generation or migrations create
-them in the database that holds your model; a dict also creates any that is missing when it opens.
-``DurableEntry`` is a ready key/value table for applications that have no model of their own: many
-dicts share it, one ``keyspace`` each.
-"""
+"""The tables ``ModelDict`` keeps beside the data, under the module path that Tortoise apps name
+(``modules={"models": ["myapp.models", "aiodurabledict.backends.tortoise_models"]}``); they are
+defined in ``aiodurabledict.backends.tortoise.models``."""
 
 from __future__ import annotations
 
-from tortoise import fields
-from tortoise.indexes import Index
-from tortoise.models import Model
+from .tortoise.models import DictChange, DictVersion, DurableEntry
 
 __all__ = ["DictChange", "DictVersion", "DurableEntry"]
 
-#: Longest key ``DurableEntry`` holds, in characters (and so at least as many UTF-8 bytes).
-ENTRY_KEY_LENGTH = 512
-
-
-class DictVersion(Model):
-    """One row per dict: its version (raised by one in every committed write) and its log horizon.
-
-    ``horizon``: the log holds every change made after this version; older caches reload fully.
-    """
-
-    name = fields.CharField(max_length=255, primary_key=True)
-    version = fields.BigIntField(default=0)
-    horizon = fields.BigIntField(default=0)
-
-    class Meta:
-        table = "aiodurabledict_version"
-
-
-class DictChange(Model):
-    """A key changed (written or deleted) by the commit that raised dict ``name`` to ``version``."""
-
-    id = fields.BigIntField(primary_key=True)
-    name = fields.CharField(max_length=255)
-    version = fields.BigIntField()
-    key = fields.TextField()
-
-    class Meta:
-        table = "aiodurabledict_change"
-        indexes = (Index(fields=("name", "version"), name="aiodurabledict_change_name_version"),)
-
-
-class DurableEntry(Model):
-    """A ready key/value table: ``ModelDict(DurableEntry, keyspace="settings")``."""
-
-    id = fields.BigIntField(primary_key=True)
-    keyspace = fields.CharField(max_length=255)
-    key = fields.CharField(max_length=ENTRY_KEY_LENGTH)
-    value = fields.BinaryField()
-
-    class Meta:
-        table = "aiodurabledict_entry"
-        unique_together = (("keyspace", "key"),)
+# What Tortoise's app discovery registers from this module.
+__models__ = [DictVersion, DictChange, DurableEntry]

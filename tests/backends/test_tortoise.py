@@ -1,178 +1,47 @@
 """What only the Tortoise store has: queries per sync, the version row and its log, model columns,
-the application's Tortoise context, writers in other processes, the memcached marker, NOTIFY, and
-MySQL's collations."""
+the application's Tortoise context, writers in other processes, URLs, and MySQL's collations."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import json
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tortoise import fields
-from tortoise.context import TortoiseContext
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
-from aiodurabledict import AsyncDurableDict, BackendError, EncodeError, InvalidKeyError, RawCodec, open_dict
-from aiodurabledict._backend import Delta
-from aiodurabledict.backends.tortoise import ModelDict, TortoiseBackend, open_url_dict
+from aiodurabledict import BackendError, EncodeError, InvalidKeyError, PushBackend, RawCodec, open_dict
+from aiodurabledict.backends.tortoise import ModelDict, PostgresBackend, TortoiseBackend, open_url_dict
+from aiodurabledict.backends.tortoise.connection import OwnedDatabase
 from aiodurabledict.testing.conformance import eventually
-from tests.notices import spy_notices
-from tests.servers import host_port, require_memcached
-from tests.stores.tortoise import (
-    Setting,
-    TextSetting,
-    generate_schemas,
-    mysql_database,
-    postgres_schema,
-    schema_url,
-    tortoise_config,
-    tortoise_store,
+from tests.backends.tortoise_kit import (
+    DIALECTS,
+    Counter,
+    app_context,
+    backend_of,
+    database,
+    pooled,
+    table_content,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Counter:
-    """Counts the SQL statements the database receives from one Tortoise client."""
-
-    def __init__(self) -> None:
-        self.statements: list[str] = []
-
-    @property
-    def count(self) -> int:
-        return len(self.statements)
-
-    async def attach(self, client: Any) -> None:
-        """Hook the driver itself: every statement sent, whoever sends it, is counted."""
-        if client.capabilities.dialect == "sqlite":
-            async with client.acquire_connection() as conn:
-                await conn._execute(conn._conn.set_trace_callback, self.statements.append)
-        elif client.capabilities.dialect == "mysql":
-            # asyncmy's connection is a compiled class: wrap what the client hands out instead.
-            acquire = client.acquire_connection
-            statements = self.statements
-
-            @asynccontextmanager
-            async def counted() -> AsyncIterator[Any]:
-                async with acquire() as conn:
-                    yield _CountedConnection(conn, statements)
-
-            client.acquire_connection = counted
-        else:
-            # The client's pool has one connection (maxsize=1): log every query it runs, except the
-            # reset asyncpg's pool sends when a connection comes back (the pool's, not the dict's).
-            def log(record: Any) -> None:
-                if not record.query.startswith("SELECT pg_advisory_unlock_all()"):
-                    self.statements.append(record.query)
-
-            async with client.acquire_connection() as conn:
-                conn._con.add_query_logger(log)
+from tests.stores.tortoise import Setting, TextSetting, mysql_database, tortoise_store
 
 
-class _CountedCursor:
-    def __init__(self, cursor: Any, statements: list[str]) -> None:
-        self._cursor = cursor
-        self._statements = statements
-
-    async def execute(self, query: str, args: Any = None) -> Any:
-        self._statements.append(query)
-        return await self._cursor.execute(query, args)
-
-    async def executemany(self, query: str, args: Any) -> Any:
-        self._statements.append(query)
-        return await self._cursor.executemany(query, args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-
-class _CountedConnection:
-    """A MySQL connection that logs each statement (and BEGIN, COMMIT, ROLLBACK) it sends."""
-
-    def __init__(self, conn: Any, statements: list[str]) -> None:
-        self._conn = conn
-        self._statements = statements
-
-    def cursor(self) -> _CountedCursor:
-        return _CountedCursor(self._conn.cursor(), self._statements)
-
-    async def begin(self) -> None:
-        self._statements.append("BEGIN")
-        await self._conn.begin()
-
-    async def commit(self) -> None:
-        self._statements.append("COMMIT")
-        await self._conn.commit()
-
-    async def rollback(self) -> None:
-        self._statements.append("ROLLBACK")
-        await self._conn.rollback()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-ONE_CONNECTION = "minsize=1&maxsize=1"
-
-
-def pooled(db_url: str) -> str:
-    """``db_url`` with the client's usual pool instead of one connection."""
-    return db_url.replace("&" + ONE_CONNECTION, "").replace("?" + ONE_CONNECTION, "")
-
-
-@asynccontextmanager
-async def database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
-    """A Tortoise URL: a SQLite file, or a fresh PostgreSQL schema or MySQL database whose pool has
-    one connection."""
-    if kind == "sqlite":
-        yield f"sqlite://{tmp_path / 'db.sqlite'}"
-    elif kind == "mysql":
-        async with mysql_database() as url:
-            yield f"{url}?{ONE_CONNECTION}"
-    else:
-        async with postgres_schema() as schema:
-            yield f"{schema_url(schema)}&{ONE_CONNECTION}"
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ]
-)
+@pytest.fixture(params=DIALECTS)
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each test runs on a SQLite file, a PostgreSQL schema and a MySQL database of its own."""
     async with database(request.param, tmp_path) as url:
         yield url
 
 
-@asynccontextmanager
-async def app_context(db_url: str, *modules: str) -> AsyncIterator[TortoiseContext]:
-    """An application's Tortoise context, initialised and current, as the application would have it."""
-    ctx = TortoiseContext()
-    async with ctx:
-        await ctx.init(config=tortoise_config(db_url, *modules))
-        await generate_schemas(ctx)
-        yield ctx
-
-
-def backend_of(d: AsyncDurableDict[Any]) -> TortoiseBackend:
-    backend = d._backend
-    assert isinstance(backend, TortoiseBackend)
-    return backend
-
-
-def client_of(d: AsyncDurableDict[Any]) -> Any:
-    return backend_of(d)._client()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- queries, versions and the log ---------------------------------------------------------------
@@ -187,7 +56,7 @@ async def test_sync_after_one_change_takes_one_query(db_url: str) -> None:
     ):
         await writer.update({f"k{i}": i for i in range(500)})
         counter = Counter()
-        await counter.attach(client_of(reader))
+        await counter.attach(backend_of(reader).client())
         await reader.sync()
         first = counter.count
         await writer.set("k7", "new")
@@ -200,23 +69,81 @@ async def test_sync_after_one_change_takes_one_query(db_url: str) -> None:
         assert counter.count - before == 1, counter.statements[before:]
 
 
-async def test_versions_are_dense_and_writes_return_their_delta(db_url: str) -> None:
-    """Every commit raises the version by one; each write returns exactly what it wrote, prev = version - 1."""
+async def test_writes_return_their_delta_with_tokens(db_url: str) -> None:
+    """Every commit raises the version by one and carries a fresh token, its prev_token the one
+    before it; writes that change nothing answer a reading at the store's version and token."""
     async with tortoise_store(db_url, model=Setting) as make, await make(watch=False) as d:
         b = backend_of(d)
-        v0 = (await b.load()).version
-        assert b.dense_versions
-        assert await b.set("a", b"1") == Delta(version=v0 + 1, changes={"a": b"1"}, prev=v0)
-        assert await b.update({"b": b"2", "c": b"3"}) == Delta(v0 + 2, {"b": b"2", "c": b"3"}, prev=v0 + 1)
-        assert await b.pop("a") == (Delta(v0 + 3, {"a": None}, prev=v0 + 2), b"1")
-        assert await b.pop("a") is None
-        assert await b.setdefault("b", b"9") == (Delta(v0 + 3, {"b": b"2"}), b"2")
-        assert await b.setdefault("n", b"9") == (Delta(v0 + 4, {"n": b"9"}, prev=v0 + 3), b"9")
-        assert await b.clear() == Delta(v0 + 5, {"b": None, "c": None, "n": None}, prev=v0 + 4)
-        assert await b.clear() == Delta(v0 + 5, full=True)
-        assert (await b.load()).version == v0 + 5
+        start = await b.load()
+        v0, t0 = start.version, start.token
+        one = await b.set("a", b"1")
+        assert (one.version, one.changes, one.prev, one.prev_token) == (v0 + 1, {"a": b"1"}, v0, t0)
+        assert one.token is not None
+        assert len(one.token) == 16
+        two = await b.update({"b": b"2", "c": b"3"})
+        assert (two.version, two.prev, two.prev_token) == (v0 + 2, v0 + 1, one.token)
+        three, old = await b.pop("a")
+        assert (three.version, three.changes, three.prev_token, old) == (v0 + 3, {"a": None}, two.token, b"1")
+        reading, old = await b.pop("a")
+        assert (reading.version, reading.prev, reading.token, reading.changes, old) == (
+            v0 + 3,
+            None,
+            three.token,
+            {"a": None},
+            None,
+        )
+        reading, stored = await b.setdefault("b", b"9")
+        assert (reading.version, reading.prev, reading.token, stored) == (v0 + 3, None, three.token, b"2")
+        four, stored = await b.setdefault("n", b"9")
+        assert (four.version, four.prev_token, stored) == (v0 + 4, three.token, b"9")
+        five = await b.clear()
+        assert five.changes == {"b": None, "c": None, "n": None}
+        assert (five.version, five.prev_token) == (v0 + 5, four.token)
+        empty = await b.clear()
+        assert (empty.version, empty.full, empty.token, empty.changes) == (v0 + 5, True, five.token, {})
+        loaded = await b.load()
+        assert (loaded.version, loaded.token) == (v0 + 5, five.token)
         since = await b.changes_since(v0 + 1)
-        assert since == Delta(v0 + 5, {"a": None, "b": None, "c": None, "n": None}, prev=v0 + 1)
+        assert since.changes == {"a": None, "b": None, "c": None, "n": None}
+        assert (since.version, since.prev, since.token, since.prev_token) == (
+            v0 + 5,
+            v0 + 1,
+            five.token,
+            one.token,
+        )
+        same = await b.changes_since(v0 + 5)
+        assert (same.version, same.prev, same.token, same.prev_token) == (
+            v0 + 5,
+            v0 + 5,
+            five.token,
+            five.token,
+        )
+
+
+async def test_compare_and_set_under_the_lock(db_url: str) -> None:
+    """compare_and_set swaps only over the expected bytes; a failed one is a reading of the key."""
+    async with tortoise_store(db_url, model=Setting) as make, await make(watch=False) as d:
+        b = backend_of(d)
+        made, swapped = await b.compare_and_set("k", None, b"1")
+        assert swapped
+        assert made.changes == {"k": b"1"}
+        assert made.prev is not None
+        reading, swapped = await b.compare_and_set("k", b"2", b"3")
+        assert not swapped
+        assert (reading.version, reading.prev, reading.token, reading.changes) == (
+            made.version,
+            None,
+            made.token,
+            {"k": b"1"},
+        )
+        gone, swapped = await b.compare_and_set("k", b"1", None)
+        assert swapped
+        assert gone.changes == {"k": None}
+        assert gone.version == made.version + 1
+        nothing, swapped = await b.compare_and_set("k", None, None)
+        assert swapped
+        assert nothing.prev is None
+        assert nothing.version == gone.version
 
 
 async def test_log_is_trimmed_and_old_caches_reload_fully(db_url: str) -> None:
@@ -225,14 +152,10 @@ async def test_log_is_trimmed_and_old_caches_reload_fully(db_url: str) -> None:
         b = backend_of(d)
         for i in range(40):
             await d.set(f"k{i % 3}", i)
-        placeholder = "?" if b._dialect == "sqlite" else "$1"
-        q = "`" if b._dialect == "mysql" else '"'
-        async with b._session() as s:
-            rows = await s.fetch(
-                f"SELECT COUNT(*) FROM {q}aiodurabledict_change{q} WHERE {q}name{q} = {placeholder}",
-                [b._name],
-            )
-        assert int(rows[0][0]) <= 8 + b._trim_every
+        rows = await table_content(
+            d, 'SELECT COUNT(*) FROM "aiodurabledict_change" WHERE "name" = $1', b.name
+        )
+        assert int(rows[0][0]) <= 8 + b.dialect.trim_every
         old = await b.changes_since(1)
         assert old.full
         assert old.version == 40
@@ -281,7 +204,7 @@ async def test_nul_characters(db_url: str) -> None:
         await make(watch=False) as d,
         await make(watch=False, codec=RawCodec()) as raw,
     ):
-        if backend_of(d)._dialect in {"sqlite", "mysql"}:
+        if backend_of(d).kind in {"sqlite", "mysql"}:
             await d.set("a\x00b", 1)
             await raw.set("nul", b'"x\x00y"')
             async with await make(watch=False, codec=RawCodec()) as fresh:
@@ -295,7 +218,7 @@ async def test_nul_characters(db_url: str) -> None:
             assert (await backend_of(d).load()).version == 0
 
 
-def test_model_columns_are_checked() -> None:
+async def test_model_columns_are_checked(tmp_path: Path) -> None:
     """The key must be a unique string column, the value text or binary; limits follow max_length."""
 
     class NotUnique(Model):
@@ -312,8 +235,11 @@ def test_model_columns_are_checked() -> None:
         TortoiseBackend(IntValue)
     with pytest.raises(ValueError, match="no field"):
         TortoiseBackend(Setting, value_col="payload")
-    assert TortoiseBackend(Setting).max_key_bytes == 255
-    assert TortoiseBackend(Setting).max_value_bytes is None
+    with pytest.raises(ValueError, match="no Tortoise context"):
+        TortoiseBackend(Setting)
+    async with app_context(f"sqlite://{tmp_path / 'db.sqlite'}"):
+        assert TortoiseBackend(Setting).max_key_bytes == 255
+        assert TortoiseBackend(Setting).max_value_bytes is None
 
 
 async def test_ready_table_holds_one_dict_per_keyspace(db_url: str) -> None:
@@ -335,6 +261,17 @@ async def test_ready_table_holds_one_dict_per_keyspace(db_url: str) -> None:
 
 
 # -- the application's Tortoise context ----------------------------------------------------------
+
+
+async def test_dialect_and_push_are_decided_when_built(db_url: str) -> None:
+    """The backend's kind comes from the context's connection before any I/O, and only PostgreSQL's
+    backend pushes (it is a PushBackend from the start, not after open)."""
+    async with app_context(db_url):
+        d = ModelDict(Setting)
+        kind = db_url.split(":", 1)[0]
+        assert backend_of(d).kind == kind
+        assert isinstance(d.backend, PushBackend) is (kind == "postgres")
+        assert isinstance(d.backend, PostgresBackend) is (kind == "postgres")
 
 
 async def test_works_from_tasks_without_the_tortoise_context(db_url: str) -> None:
@@ -377,6 +314,9 @@ async def test_library_tables_from_the_users_apps(db_url: str) -> None:
             await d.set("k", 1)
         row = await DictVersion.get(name="aiodurabledict_entry/apps")
         assert row.version == 1
+        assert row.token is not None
+        assert row.store is not None
+        assert row.secret is not None
         assert (await DurableEntry.get(keyspace="apps", key="k")).value == b"1"
 
 
@@ -426,11 +366,32 @@ async def test_open_url_dict_owns_its_connection(db_url: str, tmp_path: Path) ->
     url = f"sqlite:///{tmp_path / 'own.db'}" if db_url.startswith("sqlite") else pooled(db_url)
     async with open_url_dict(url, keyspace="u") as d:
         await d.set("k", [1])
-        owned = backend_of(d)._owned
-        assert owned is not None
-    assert backend_of(d)._owned is None
+        owned = backend_of(d).database
+        assert isinstance(owned, OwnedDatabase)
+        assert owned.opened
+    assert not owned.opened
     async with open_url_dict(url, keyspace="u", watch=False) as again:
         assert again["k"] == [1]
+
+
+def test_sqlite_url_refuses_unknown_options(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown sqlite:// option (a password, a typo) is refused at once, naming the known ones,
+    and never becomes a PRAGMA that the driver logs; the known ones are taken."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with caplog.at_level(logging.DEBUG), pytest.raises(ValueError, match="unknown sqlite option") as info:
+        open_dict(f"{url}?password=hunter2")
+    message = str(info.value)
+    assert "hunter2" not in message
+    assert (
+        "known options: busy_timeout, foreign_keys, journal_mode, journal_size_limit, synchronous" in message
+    )
+    assert "hunter2" not in caplog.text
+    with pytest.raises(ValueError, match="'jornal_mode'"):
+        open_url_dict(f"{url}?jornal_mode=WAL")
+    with pytest.raises(ValueError, match="plain word"):
+        open_url_dict(f"{url}?journal_mode=WAL;DROP")
+    d = open_dict(f"{url}?journal_mode=WAL&busy_timeout=1000&keyspace=k")
+    assert backend_of(d).kind == "sqlite"
 
 
 # -- other processes -----------------------------------------------------------------------------
@@ -462,7 +423,8 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 
 
 async def test_writers_in_eight_processes(db_url: str) -> None:
-    """8 processes race: setdefault has one winner, every write lands, the version counts every commit."""
+    """8 processes race: setdefault has one winner, every write lands, the version counts every
+    commit, and each commit's log rows carry the token the next commit names as its predecessor."""
     url = pooled(db_url)
     writes = 15
     async with tortoise_store(url, model=Setting) as make, await make(watch=False) as d:
@@ -490,130 +452,21 @@ async def test_writers_in_eight_processes(db_url: str) -> None:
         assert content["once"] == int(winners.pop())
         assert all(content[f"w{n}/{i}"] == i for n in range(8) for i in range(writes))
         assert d.version == 1 + 8 * writes * 2
-
-
-# -- the memcached marker ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def memcached() -> tuple[str, int]:
-    return host_port(require_memcached(), 11211)
-
-
-@pytest.mark.memcached
-async def test_unchanged_poll_reads_only_the_marker(db_url: str, memcached: tuple[str, int]) -> None:
-    """With memcached, a poll that finds the marker at the cache's version sends no query at all."""
-    import aiomcache
-
-    async with AsyncExitStack() as stack:
-        mc = aiomcache.Client(*memcached)
-        stack.push_async_callback(mc.close)
-        make = await stack.enter_async_context(tortoise_store(db_url, model=Setting, memcached=None))
-        d = await stack.enter_async_context(await make(watch=False, cache=mc))
-        w = await stack.enter_async_context(await make(watch=False, cache=mc))
-        await w.set("k", 1)
-        counter = Counter()
-        await counter.attach(client_of(d))
-        await d.sync()  # first poll confirms against the database
-        before = counter.count
-        for _ in range(5):
-            assert await d.sync() is False
-        assert counter.count == before
-        marker = backend_of(d)._marker
-        assert marker is not None
-        assert await mc.get(marker.key) == str(d.version).encode()
-        await w.set("k", 2)
-        assert await d.sync() is True
-        assert d["k"] == 2
-        assert counter.count - before == 1
-
-
-@pytest.mark.memcached
-async def test_marker_behind_missing_or_ahead_is_repaired(db_url: str, memcached: tuple[str, int]) -> None:
-    """Missing, behind or ahead of the database, the marker is set back to the database's version."""
-    import aiomcache
-
-    async with AsyncExitStack() as stack:
-        mc = aiomcache.Client(*memcached)
-        stack.push_async_callback(mc.close)
-        make = await stack.enter_async_context(tortoise_store(db_url, model=Setting))
-        d = await stack.enter_async_context(await make(watch=False, cache=mc, confirm_interval=3600))
-        await d.set("a", 1)
-        await d.set("b", 2)
-        marker = backend_of(d)._marker
-        assert marker is not None
-        key = marker.key
-        for wrong in (None, b"1", b"99", b"garbage"):
-            if wrong is None:
-                await mc.delete(key)
-            else:
-                await mc.set(key, wrong)
-            await backend_of(d).changes_since(d.version)
-            assert await mc.get(key) == b"2", wrong
-
-
-@pytest.mark.memcached
-async def test_write_that_never_reached_the_marker_is_found_by_the_confirm(
-    db_url: str, memcached: tuple[str, int]
-) -> None:
-    """A commit whose writer never raised the marker (it died, or had no memcached) is still found:
-    a poll asks the database once ``confirm_interval`` has passed."""
-    import aiomcache
-
-    async with AsyncExitStack() as stack:
-        mc = aiomcache.Client(*memcached)
-        stack.push_async_callback(mc.close)
-        make = await stack.enter_async_context(tortoise_store(db_url, model=Setting))
-        reader = await stack.enter_async_context(
-            await make(cache=mc, confirm_interval=0.3, poll_interval=0.02, heartbeat=0.05)
+        rows = await table_content(
+            d,
+            'SELECT DISTINCT "version", "token" FROM "aiodurabledict_change" WHERE "name" = $1',
+            backend_of(d).name,
         )
-        marked = await stack.enter_async_context(await make(watch=False, cache=mc))
-        unmarked = await stack.enter_async_context(await make(watch=False))
-        # Nor any NOTIFY (on PostgreSQL): only the polls and heartbeats are left to find it.
-        backend_of(unmarked)._publish = False
-        await marked.set("k", 1)
-        await eventually(lambda: reader.view.get("k") == 1)
-        await unmarked.set("k", 2)
-        await eventually(lambda: reader.view.get("k") == 2, within=5)
-        marker = backend_of(reader)._marker
-        assert marker is not None
-        assert await mc.get(marker.key) == b"2"
-
-
-# -- NOTIFY --------------------------------------------------------------------------------------
-
-
-@pytest.mark.postgres
-async def test_notify_carries_values_or_just_the_version(tmp_path: Path) -> None:
-    """Small writes arrive with their values; large ones as a version-only notice that the dict fetches."""
-    async with (
-        database("postgres", tmp_path) as url,
-        tortoise_store(url, model=Setting, heartbeat=30) as make,
-        await make() as reader,
-        await make(watch=False) as writer,
-    ):
-        assert hasattr(backend_of(reader), "subscribe")
-        seen = spy_notices(reader)
-        await writer.set("small", 1)
-        await writer.set("big", "x" * 20_000)
-        await eventually(lambda: "big" in reader.view)
-        assert reader["big"] == "x" * 20_000
-        assert [(n.version, n.complete) for n in seen] == [(1, True), (2, False)]
-        assert seen[0].changes == {"small": b"1"}
-
-
-async def test_sqlite_has_no_push(tmp_path: Path) -> None:
-    """SQLite cannot push: the backend has no subscribe(), so the dict polls at poll_interval."""
-    async with tortoise_store(f"sqlite://{tmp_path / 'x.db'}", model=Setting) as make, await make() as d:
-        assert not hasattr(backend_of(d), "subscribe")
-        assert backend_of(d).poll_interval == 1.0
+        tokens = dict(rows)
+        assert sorted(tokens) == list(range(1, d.version + 1))
+        assert len(set(tokens.values())) == len(tokens)
 
 
 # -- MySQL ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def mysql_url() -> AsyncIterator[str]:
+async def mysql_url() -> Any:
     async with mysql_database() as url:
         yield url
 
@@ -627,7 +480,7 @@ async def test_mysql_polls_and_keeps_keys_apart_exactly(mysql_url: str) -> None:
         await make(poll_interval=0.02) as reader,
         await make(watch=False) as writer,
     ):
-        assert not hasattr(backend_of(reader), "subscribe")
+        assert not isinstance(reader.backend, PushBackend)
         keys = ["a", "A", "á", "a\x00"]
         for n, key in enumerate(keys):
             await writer.set(key, n)
@@ -665,4 +518,11 @@ async def test_open_dict_mysql_url(mysql_url: str) -> None:
         await eventually(lambda: len(reader.view) == 2)
         assert reader["k"] == {"a": 1}
         assert reader["K"] == 2
-        assert backend_of(reader)._dialect == "mysql"
+        assert backend_of(reader).kind == "mysql"
+
+
+async def test_sqlite_has_no_push(tmp_path: Path) -> None:
+    """SQLite cannot push: the backend is no PushBackend, so the dict polls at poll_interval."""
+    async with tortoise_store(f"sqlite://{tmp_path / 'x.db'}", model=Setting) as make, await make() as d:
+        assert not isinstance(d.backend, PushBackend)
+        assert backend_of(d).poll_interval == 1.0

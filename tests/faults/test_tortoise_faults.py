@@ -1,5 +1,6 @@
 """The Tortoise store under faults: memcached flushed, evicted, stopped and frozen while writers go on;
-PostgreSQL restarted under live dicts; NOTIFY lost.
+PostgreSQL killed -9 and restarted under watchers, stalled behind a proxy; NOTIFY lost; SQLite locked
+by another process.
 
 memcached and PostgreSQL here are private servers each test starts on a free loopback port
 (tests.servers); the SQLite file lives in the test's tmp_path.
@@ -17,11 +18,13 @@ from typing import Any, Self
 import pytest
 
 from aiodurabledict import AsyncDurableDict, BackendError
-from aiodurabledict.backends.tortoise import TortoiseBackend, _Marker
+from aiodurabledict.backends.tortoise import ModelDict
+from aiodurabledict.backends.tortoise.marker import Mark, Marker
 from aiodurabledict.testing.conformance import Factory, eventually
-from tests.notices import spy_notices
+from tests.backends.tortoise_kit import app_context, backend_of, entries, notices_of
 from tests.servers import MemcachedServer, PostgresServer, ServerError, unavailable
 from tests.stores.tortoise import Setting, tortoise_store
+from tests.wrappers import deaf, spied
 
 pytestmark = pytest.mark.faults
 
@@ -29,14 +32,8 @@ pytestmark = pytest.mark.faults
 FAST: dict[str, Any] = {"heartbeat": 0.2, "timeout": 2.0, "poll_interval": 0.02}
 
 
-def backend_of(d: AsyncDurableDict[Any]) -> TortoiseBackend:
-    backend = d._backend
-    assert isinstance(backend, TortoiseBackend)
-    return backend
-
-
-def marker_of(d: AsyncDurableDict[Any]) -> _Marker:
-    marker = backend_of(d)._marker
+def marker_of(d: AsyncDurableDict[Any]) -> Marker:
+    marker = backend_of(d).marker
     assert marker is not None
     return marker
 
@@ -53,11 +50,17 @@ async def private_memcached() -> AsyncIterator[MemcachedServer]:
 
 
 @asynccontextmanager
-async def sqlite_with_memcached(tmp_path: Path, server: MemcachedServer) -> AsyncIterator[Factory]:
-    async with tortoise_store(
-        f"sqlite://{tmp_path / 'store.db'}", model=Setting, memcached=server.address, **FAST
-    ) as make:
-        yield make
+async def private_postgres() -> AsyncIterator[PostgresServer]:
+    try:
+        server = PostgresServer()
+    except ServerError as exc:
+        unavailable(str(exc))
+    with server:
+        try:
+            await server.astart()
+        except ServerError as exc:
+            unavailable(f"could not start a private PostgreSQL: {exc}")
+        yield server
 
 
 class Writers:
@@ -103,12 +106,16 @@ async def converged(reader: AsyncDurableDict[Any], writers: Writers, make: Facto
 
 
 async def marker_repaired(d: AsyncDurableDict[Any]) -> None:
-    """The marker ends at the database's version (a poll puts it back there)."""
+    """The marker ends at the database's commit (a check puts it back there)."""
     backend = backend_of(d)
-    truth = (await backend.load()).version
+    truth = await backend.load()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
-    while (await marker_of(d).read())[0] != truth:
+    while True:
+        seen = await marker_of(d).read()
+        if seen is not None and seen.mark is not None and seen.mark.version == truth.version:
+            assert seen.mark.token == truth.token
+            return
         assert loop.time() < deadline, "the marker was not repaired"
         await backend.changes_since(d.version)
         await asyncio.sleep(0.05)
@@ -119,7 +126,9 @@ async def with_writers(
 ) -> None:
     async with (
         private_memcached() as server,
-        sqlite_with_memcached(tmp_path, server) as make,
+        tortoise_store(
+            f"sqlite://{tmp_path / 'store.db'}", model=Setting, memcached=server.address, **FAST
+        ) as make,
         AsyncExitStack() as stack,
     ):
         reader = await stack.enter_async_context(await make())
@@ -157,7 +166,7 @@ async def test_memcached_evicted_while_writing(tmp_path: Path) -> None:
 
 
 async def test_memcached_stopped_while_writing(tmp_path: Path) -> None:
-    """memcached stopped under running writers: polls fall back to the database; after a restart
+    """memcached stopped under running writers: checks fall back to the database; after a restart
     (empty) the marker is set again from the database, never guessed."""
 
     async def stop(server: MemcachedServer, reader: AsyncDurableDict[Any]) -> None:
@@ -185,75 +194,75 @@ async def test_memcached_frozen_then_thawed(tmp_path: Path) -> None:
 
 
 async def test_cancelled_memcached_call_leaves_no_reply_behind() -> None:
-    """A memcached call cut short (timeout or cancel) never lets the next call read its late reply."""
+    """A memcached call cut short (timeout or cancel) never lets the next call read its late reply:
+    neither the marker's reads on their own connection nor its updates through the client's pool."""
     import aiomcache
 
     async with private_memcached() as server:
         client = aiomcache.Client("127.0.0.1", server.port, pool_size=1)
+        marker = Marker(client, b"probe", timeout=0.05, backoff=0.0)
         try:
-            marker = _Marker(client, b"probe", timeout=0.05, backoff=0.0)
-            await client.set(b"probe", b"1")
+            await client.set(b"probe", b"1:a")
             await client.set(b"other", b"2")
             server.freeze()
             await asyncio.sleep(0.1)  # SIGSTOP has reached every thread
-            assert await marker.read() == (None, None)  # timed out; the request is still queued
+            assert await marker.read() is None  # timed out; the request is still queued
+            assert not await marker.raise_to(Mark(2, "b"))  # so is this one, on the client's pool
             server.thaw()
-            # The frozen request's reply ("1") arrives now; a reused connection would hand it to us.
+            # The frozen requests' replies arrive now; a reused connection would hand them to us.
             assert await client.get(b"other") == b"2"
-            assert (await marker.read())[0] == 1
+            await client.set(b"probe", b"3:c")
+            seen = await marker.read()
+            assert seen is not None
+            assert seen.mark == Mark(3, "c")
         finally:
             server.thaw()
+            marker.close()
             await client.close()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def private_postgres() -> AsyncIterator[PostgresServer]:
-    try:
-        server = PostgresServer()
-    except ServerError as exc:
-        unavailable(str(exc))
-    with server:
+async def _write_until_it_lands(d: AsyncDurableDict[Any], key: str, value: Any) -> None:
+    for _ in range(100):
         try:
-            await server.astart()
-        except ServerError as exc:
-            unavailable(f"could not start a private PostgreSQL: {exc}")
-        yield server
+            await d.set(key, value)
+            return
+        except BackendError:
+            # The writer's pooled connections died with the server; the pool makes new ones.
+            await asyncio.sleep(0.1)
+    pytest.fail("the writer never wrote after the restart")
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_postgres_restart_under_live_dicts() -> None:
-    """PostgreSQL restarted: the watcher re-LISTENs, catches up, and follows writes made after it."""
+async def test_postgres_killed_and_restarted_under_watchers() -> None:
+    """PostgreSQL killed -9 and restarted under three watchers sharing one LISTEN connection: they
+    listen again, catch up with what was written meanwhile, follow later writes live, and end equal
+    to the table."""
     async with (
         private_postgres() as server,
         tortoise_store(server.url, model=Setting, **FAST) as make,
-        await make() as reader,
-        await make(watch=False) as writer,
+        AsyncExitStack() as stack,
     ):
+        watchers = [await stack.enter_async_context(await make(wrap=spied)) for _ in range(3)]
+        writer = await stack.enter_async_context(await make(watch=False))
         await writer.set("before", 1)
-        await eventually(lambda: reader.view.get("before") == 1)
-        await server.arestart(graceful=False)
-        for _ in range(50):
-            try:
-                await writer.set("after", 2)
-                break
-            except BackendError:
-                # The writer's pooled connections died with the server; the pool makes new ones.
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the writer never wrote after the restart")
-        await eventually(lambda: reader.view.get("after") == 2)
-        await eventually(lambda: reader.status.connected)
-        notices = spy_notices(reader)
+        await eventually(lambda: all(w.view.get("before") == 1 for w in watchers))
+        for round_ in range(2):
+            await server.arestart(graceful=False)
+            await _write_until_it_lands(writer, f"after{round_}", round_)
+            await eventually(lambda r=round_: all(w.view.get(f"after{r}") == r for w in watchers))  # type: ignore[misc]
+            await eventually(lambda: all(w.live for w in watchers))
+        heard = [len(notices_of(w)) for w in watchers]
         for i in range(5):
             await writer.set(f"k{i}", i)
-        await eventually(lambda: reader.version == writer.version)
-        # Pushed again: the watcher listens on a new connection.
-        await eventually(lambda: bool(notices))
-        assert dict(reader.view) == {"before": 1, "after": 2, **{f"k{i}": i for i in range(5)}}
+        # Pushed again: the watchers listen on a new connection.
+        await eventually(lambda: all(len(notices_of(w)) > n for w, n in zip(watchers, heard, strict=True)))
+        table = await entries(writer)
+        assert table == {"before": 1, "after0": 0, "after1": 1, **{f"k{i}": i for i in range(5)}}
+        await eventually(lambda: all(w == table and w.version == writer.version for w in watchers))
 
 
 @pytest.mark.postgres
@@ -262,19 +271,95 @@ async def test_lost_notify_is_caught_by_polling() -> None:
     async with (
         private_postgres() as server,
         tortoise_store(server.url, model=Setting, **FAST) as make,
-        await make(heartbeat=3600, poll_interval=0.1) as reader,
+        await make(heartbeat=3600, poll_interval=0.1, wrap=deaf) as reader,
         await make(watch=False) as writer,
     ):
-        backend_of(writer)._publish = False
-        notices = spy_notices(reader)
         for i in range(5):
             await writer.set("k", i)
             await eventually(lambda: reader.view.get("k") == writer.view.get("k"), within=5)
         assert reader["k"] == 4
-        assert notices == []
 
 
-# -- SQLite ---------------------------------------------------------------------------------------
+class StallingProxy:
+    """A TCP proxy on loopback that can stop passing bytes (both ways, new connections too) while
+    keeping every connection open: a network path that stalls, as a lost route or a full link does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def flow(self) -> None:
+        self.flowing.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        await self.flowing.wait()
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers.append(up_writer)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.ensure_future(self._pump(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while data := await src.read(65536):
+            await self.flowing.wait()
+            dst.write(data)
+            await dst.drain()
+        dst.close()
+
+
+async def _within(seconds: float, call: Awaitable[Any]) -> Any:
+    """``call``'s outcome when it ends within ``seconds``; the test fails otherwise (without waiting
+    for whatever it is stuck in)."""
+    task = asyncio.ensure_future(call)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        pytest.fail(f"the call did not end within {seconds} s")
+    return task.result()
+
+
+@pytest.mark.postgres
+async def test_timeout_holds_while_the_network_stalls() -> None:
+    """Behind a network path that stalls, get() and set() with timeout=2 end within their timeout:
+    set() with BackendError, get() with the last known value. Once the path flows, writes land."""
+    async with private_postgres() as server, StallingProxy("127.0.0.1", server.port) as proxy:
+        url = f"postgres://postgres@127.0.0.1:{proxy.port}/postgres?minsize=1&maxsize=1"
+        async with app_context(url), ModelDict(Setting, watch=False, timeout=2.0) as d:
+            await d.set("k", 1)
+            proxy.stall()
+            try:
+                with pytest.raises(BackendError, match="did not answer within 2 s"):
+                    await _within(8, d.set("k", 2))
+                await asyncio.sleep(1.1)  # past the fail-fast window: this get() asks the store
+                assert await _within(8, d.get("k")) == 1
+            finally:
+                proxy.flow()
+            await _write_until_it_lands(d, "k", 3)
+            assert d["k"] == 3
 
 
 async def test_sqlite_write_cut_short_while_another_process_holds_the_lock(tmp_path: Path) -> None:
@@ -296,8 +381,8 @@ async def test_sqlite_write_cut_short_while_another_process_holds_the_lock(tmp_p
             # The BEGIN left waiting in aiosqlite's thread completes now, and the ROLLBACK queued
             # behind it undoes it before this write begins.
             await d.set("k", 3)
-            client: Any = backend_of(d)._client()
-            assert not client._connection.in_transaction
+            async with backend_of(d).client().acquire_connection() as conn:
+                assert not conn.in_transaction
         async with await make(watch=False) as fresh:
             assert fresh["k"] == 3
             assert fresh.version == 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -22,7 +22,7 @@ from tortoise import fields
 from tortoise.context import TortoiseContext
 from tortoise.models import Model
 
-from aiodurabledict import AsyncDurableDict
+from aiodurabledict import AsyncDurableDict, Backend
 from aiodurabledict.testing.conformance import Factory
 from tests.servers import (
     answers,
@@ -32,6 +32,7 @@ from tests.servers import (
     require_postgres,
     unavailable,
 )
+from tests.wrappers import deaf
 
 
 class Setting(Model):
@@ -161,6 +162,35 @@ def tortoise_config(db_url: str, *modules: str) -> dict[str, Any]:
     }
 
 
+#: ``ModelDict``'s own keywords: everything else is the dict's.
+BACKEND_OPTIONS = frozenset(
+    {
+        "key_col",
+        "value_col",
+        "cache",
+        "keyspace",
+        "keyspace_col",
+        "name",
+        "cache_timeout",
+        "confirm_interval",
+        "log_keep",
+        "marker_key",
+        "connection",
+        "context",
+        "database",
+    }
+)
+
+
+def wrapped(model: type[Model], wrap: Callable[[Backend], Backend], **opts: Any) -> AsyncDurableDict[Any]:
+    """A dict on ``model`` as ``ModelDict`` would make it, its backend seen through ``wrap`` (``deaf``,
+    ``spied``): the same store with one thing changed, for tests."""
+    from aiodurabledict.backends.tortoise import TortoiseBackend
+
+    backend = TortoiseBackend.for_model(model, **{k: v for k, v in opts.items() if k in BACKEND_OPTIONS})
+    return AsyncDurableDict(wrap(backend), **{k: v for k, v in opts.items() if k not in BACKEND_OPTIONS})
+
+
 @asynccontextmanager
 async def tortoise_store(
     db_url: str,
@@ -168,19 +198,24 @@ async def tortoise_store(
     model: type[Model] | None = None,
     keyspace: str | None = None,
     memcached: str | None = None,
+    wrap: Callable[[Backend], Backend] | None = None,
     **defaults: Any,
 ) -> AsyncIterator[Factory]:
     """A factory of ``ModelDict``s on ``db_url``, each with its own Tortoise context (and memcached client).
 
-    ``model=None`` means the ready ``DurableEntry`` table with ``keyspace``.
+    ``model=None`` means the ready ``DurableEntry`` table with ``keyspace``. ``wrap`` (or
+    ``make(wrap=deaf)``) gives dicts whose backend is seen through a test wrapper (``tests.wrappers``).
     """
+    store_wrap = wrap
     from aiodurabledict.backends.tortoise import ModelDict
     from aiodurabledict.backends.tortoise_models import DurableEntry
 
     async with AsyncExitStack() as stack:
         created = False
 
-        async def make(**opts: Any) -> AsyncDurableDict[Any]:
+        async def make(
+            wrap: Callable[[Backend], Backend] | None = None, **opts: Any
+        ) -> AsyncDurableDict[Any]:
             nonlocal created
             ctx = TortoiseContext()
             stack.push_async_callback(ctx.close_connections)
@@ -198,15 +233,20 @@ async def tortoise_store(
                 opts.setdefault("cache", client)
             for name, value in defaults.items():
                 opts.setdefault(name, value)
+            if model is None:
+                opts.setdefault("keyspace", keyspace or "default")
+            wrap = wrap or store_wrap
             with ctx:
-                if model is None:
-                    return ModelDict(DurableEntry, keyspace=keyspace or "default", **opts)
-                return ModelDict(model, **opts)
+                if wrap is not None:
+                    return wrapped(model or DurableEntry, wrap, **opts)
+                return ModelDict(model or DurableEntry, **opts)
 
         yield make
 
 
-def _tortoise(database: str, *, custom_model: bool, memcached: bool) -> Any:
+def _tortoise(
+    database: str, *, custom_model: bool, memcached: bool, wrap: Callable[[Backend], Backend] | None = None
+) -> Any:
     @asynccontextmanager
     async def factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         mc = require_memcached() if memcached else None
@@ -227,7 +267,9 @@ def _tortoise(database: str, *, custom_model: bool, memcached: bool) -> Any:
         else:
             async with (
                 postgres_schema() as schema,
-                tortoise_store(schema_url(schema), model=model, keyspace=keyspace, memcached=mc) as make,
+                tortoise_store(
+                    schema_url(schema), model=model, keyspace=keyspace, memcached=mc, wrap=wrap
+                ) as make,
             ):
                 yield make
 
@@ -249,6 +291,12 @@ PARAMS = [
         _tortoise("postgres", custom_model=True, memcached=True),
         id="tortoise-postgres-memcached",
         marks=[_PG, _MC],
+    ),
+    # Every NOTIFY lost: the heartbeat and the polls must do all the work.
+    pytest.param(
+        _tortoise("postgres", custom_model=True, memcached=False, wrap=deaf),
+        id="tortoise-postgres-deaf",
+        marks=_PG,
     ),
     pytest.param(_tortoise("mysql", custom_model=True, memcached=False), id="tortoise-mysql", marks=_MY),
     pytest.param(
