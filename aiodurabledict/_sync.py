@@ -24,6 +24,7 @@ from typing import TypeVar
 from . import _observe
 from ._backend import Backend, Delta, PushBackend
 from ._cache import Cache, OrphanedEntries, Outcome
+from ._deadline import Deadlines
 from ._status import StatusBoard
 from ._types import Health, Status
 from ._watcher import WatcherTask
@@ -121,6 +122,7 @@ class Syncer:
         self._last_failure: BackendError | None = None
         self._down_since: float | None = None
         self.resync = asyncio.Event()
+        self._deadlines = Deadlines()
         self._watcher = WatcherTask(self)
         self.orphaned = False
         self._opened = False
@@ -361,9 +363,9 @@ class Syncer:
         try:
             if _observe.active:
                 with _observe.span(self.name, operation):
-                    async with asyncio.timeout(timeout):
+                    async with self._deadlines(timeout):
                         return await aw
-            async with asyncio.timeout(timeout):
+            async with self._deadlines(timeout):
                 return await aw
         except DurableDictError:
             raise
