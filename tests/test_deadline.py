@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -67,7 +68,7 @@ async def test_a_call_that_ends_as_its_time_runs_out_leaves_no_cancellation_behi
         return result
 
     for _ in range(20):
-        try:
+        # The deadline may win a round (TimeoutError): also correct. What may not happen is a
+        # CancelledError from the sleep after a successful call.
+        with contextlib.suppress(TimeoutError):
             assert await racing() == "value"
-        except TimeoutError:
-            pass  # the deadline won this round: also correct
