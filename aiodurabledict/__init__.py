@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Backend, Delta, PushBackend, new_token
+from ._backend import Backend, Delta, DroppableBackend, KeyReader, PushBackend, new_token
 from ._codecs import Codec, JSONCodec, PickleCodec, RawCodec
 from ._dict import AsyncDurableDict
 from ._types import MISSING, Change, DictOptions, Health, Missing, Status
@@ -45,11 +45,13 @@ __all__ = [
     "DecodeError",
     "Delta",
     "DictOptions",
+    "DroppableBackend",
     "DurableDictError",
     "EncodeError",
     "Health",
     "InvalidKeyError",
     "JSONCodec",
+    "KeyReader",
     "MemoryDict",
     "MemoryStore",
     "Missing",

@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend", "Delta", "PushBackend", "new_token"]
+__all__ = ["Backend", "Delta", "DroppableBackend", "KeyReader", "PushBackend", "new_token"]
 
 
 def new_token() -> str:
@@ -132,4 +132,27 @@ class PushBackend(Backend, Protocol):
         right after and miss nothing. A broken subscription raises from iteration (or ends it).
         Notices are hints: the dict applies one only when it follows the cache's history exactly
         (its ``prev`` and ``prev_token`` are the cache's), and checks the store for anything else.
+        """
+
+
+@runtime_checkable
+class KeyReader(Backend, Protocol):
+    """A backend that reads one key without loading the dict (the CLI's ``get KEY`` uses it)."""
+
+    async def read(self, key: str) -> Delta:
+        """A reading of ``key`` (its bytes, or ``None`` when absent) at the store's version and token.
+
+        Works after ``start()``; nothing is cached.
+        """
+
+
+@runtime_checkable
+class DroppableBackend(Backend, Protocol):
+    """A backend that can remove a dict from its store altogether."""
+
+    async def drop(self) -> None:
+        """Remove every trace of the dict: values, version, token history, change log, rows.
+
+        The store is then as if the dict had never been written; a dict opened on it later starts
+        empty, and caches still open on it reload to empty.
         """

@@ -17,7 +17,7 @@ from typing import Any, Self, overload
 
 from typing_extensions import TypeVar
 
-from ._backend import Backend, Delta
+from ._backend import Backend, Delta, DroppableBackend
 from ._cache import Cache
 from ._changes import DEFAULT_BUFFER, ChangeStream
 from ._codecs import Codec, JSONCodec
@@ -304,6 +304,19 @@ class AsyncDurableDict(CachedView[V]):
             expected_raw = current
         return False
 
+    async def drop(self) -> None:
+        """Remove every trace of the dict from its store (values, version, history, change log),
+        then close it. Other dicts open on it find it empty at their next check.
+
+        Raises ``TypeError`` when the store cannot drop a dict, ``BackendError`` when it fails.
+        """
+        self._ensure_open()
+        backend = self._backend
+        if not isinstance(backend, DroppableBackend):
+            raise TypeError(f"{type(backend).__name__} cannot drop a dict")
+        await self._call("drop", backend.drop())
+        await self.aclose()
+
     async def sync(self, *, strict: bool = True) -> bool:
         """Bring the cache up to the store: when this returns, every commit that completed before it
         was called is in the cache. ``True`` when anything changed since the last ``sync()``.
@@ -343,6 +356,11 @@ class AsyncDurableDict(CachedView[V]):
         stream: ChangeStream[V] = ChangeStream(self._cache.listeners, buffer)
         self._streams.add(stream)
         return stream
+
+    @property
+    def codec(self) -> Codec:
+        """How this dict turns values into bytes and back."""
+        return self._codec
 
     @property
     def backend(self) -> Backend:

@@ -20,11 +20,12 @@ from typing import Any, TextIO
 from urllib.parse import urlencode
 
 from . import __version__, _urls
+from ._backend import KeyReader
 from ._cli_text import BadInput, dumps, loads, shown
 from ._codecs import RawCodec
 from ._dict import AsyncDurableDict
 from ._types import MISSING, Change, Health, Status
-from .errors import BackendError, DurableDictError, EncodeError, InvalidKeyError
+from .errors import BackendError, DecodeError, DurableDictError, EncodeError, InvalidKeyError
 
 __all__ = [
     "EXIT_ERROR",
@@ -193,6 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("delete", _delete, "remove each KEY (exit 3 if any was not there)")
     p.add_argument("keys", metavar="KEY", nargs="+")
 
+    p = command("drop", _drop, "remove the dict and every trace of it from the store")
+    p.add_argument("--yes", action="store_true", help="really do it")
+
     p = command("list", _list, "print every key and value")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -263,12 +267,46 @@ def _warn_undecodable(d: AsyncDurableDict[Any]) -> None:
 
 
 async def _get(args: argparse.Namespace) -> None:
-    async with _open(args.url, args) as d:
+    d = _open(args.url, args)
+    backend = d.backend
+    if isinstance(backend, KeyReader):
+        # One key, read straight from the store: no need to load the whole dict.
+        raw = await _read_one(backend, args.key, args.timeout or 5.0)
+        if raw is None:
+            raise _MissingKeyError(f"key {args.key!r} not found")
         try:
-            value = d[args.key]
-        except KeyError:
-            raise _MissingKeyError(f"key {args.key!r} not found") from None
+            value = d.codec.decode(raw)
+        except Exception as exc:
+            raise DecodeError(args.key, f"{type(exc).__name__}: {exc}") from exc
+    else:
+        async with d:
+            try:
+                value = d[args.key]
+            except KeyError:
+                raise _MissingKeyError(f"key {args.key!r} not found") from None
     _print(value if args.str and isinstance(value, str) else dumps(value))
+
+
+async def _read_one(backend: KeyReader, key: str, timeout: float) -> bytes | None:
+    try:
+        async with asyncio.timeout(timeout):
+            await backend.start()
+            try:
+                return (await backend.read(key)).changes.get(key)
+            finally:
+                await backend.aclose()
+    except TimeoutError as exc:
+        raise BackendError(f"the store did not answer within {timeout:g} s") from exc
+    except OSError as exc:
+        raise BackendError(f"the store failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def _drop(args: argparse.Namespace) -> None:
+    if not args.yes:
+        raise _UsageError("drop removes the dict and everything about it from the store: add --yes")
+    async with _open(args.url, args) as d:
+        await d.drop()
+    _print("aiodurabledict: dropped", err=True)
 
 
 async def _set(args: argparse.Namespace) -> None:

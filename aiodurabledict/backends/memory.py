@@ -205,6 +205,17 @@ class MemoryBackend:
             return store.reading({})
         return store._commit(dict.fromkeys(store.items))
 
+    async def read(self, key: str) -> Delta:
+        store = self.store
+        await store._round_trip()
+        return store.reading({key: store.items.get(key)})
+
+    async def drop(self) -> None:
+        store = self.store
+        await store._round_trip()
+        store.items, store.log, store.history = {}, {}, {}
+        store.version, store.token, store.horizon = 0, None, 0
+
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None
     ) -> tuple[Delta, bool]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from .._backend import DroppableBackend, KeyReader
 from .._codecs import PickleCodec, RawCodec
 from .._dict import AsyncDurableDict
 from .._types import MISSING, Change
@@ -395,6 +396,37 @@ class DictConformance:
 
             await asyncio.gather(*(bump(d) for d in dicts))
         assert await store_content(factory) == {"n": start + 20}
+
+    async def test_read_one_key(self, factory: Factory) -> None:
+        """A store that reads one key (``KeyReader``) answers a reading at its version: bytes, or
+        ``None`` for an absent key."""
+        async with await factory(watch=False) as d:
+            backend = d.backend
+            if not isinstance(backend, KeyReader):
+                pytest.skip(f"{type(backend).__name__} does not read single keys")
+            await d.set("k", [1, "x"])
+            found = await backend.read("k")
+            assert found.prev is None
+            assert found.version == d.version
+            assert d.codec.decode(found.changes["k"] or b"") == [1, "x"]
+            assert (await backend.read("absent")).changes == {"absent": None}
+
+    async def test_drop_removes_the_dict(self, factory: Factory) -> None:
+        """drop() (where the store can) empties the store of the dict and closes it; a dict opened
+        afterwards starts empty and writes as usual."""
+        d = await factory(watch=False)
+        if not isinstance(d.backend, DroppableBackend):
+            pytest.skip(f"{type(d.backend).__name__} cannot drop a dict")
+        async with d:
+            await d.update(a=1, b=2)
+            await d.pop("a")
+            await d.drop()
+            assert not d.status.open
+        assert await store_content(factory) == {}
+        async with await factory(watch=False) as again:
+            await again.set("c", 3)
+            assert again == {"c": 3}
+        assert await store_content(factory) == {"c": 3}
 
     async def test_changes_stream_local_and_remote(self, factory: Factory) -> None:
         """changes() yields Change(key, old, new, version) for local and remote writes, MISSING for absence.

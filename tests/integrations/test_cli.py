@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -355,3 +356,38 @@ def test_list_escapes_control_characters(store_url: str) -> None:
             assert control not in result.stdout, (args, result.stdout)
     listed = json.loads(run_cli("list", "--json", url=store_url).stdout)
     assert listed == {key: value}
+
+
+async def test_get_reads_one_key_without_loading_the_dict(redis_url: str) -> None:
+    """On a store that reads single keys, ``get KEY`` asks for that key only: with 20,000 keys in the
+    dict, Redis serves no HGETALL and no MULTI/EXEC load for it."""
+    from redis.asyncio import Redis
+
+    async with open_dict(redis_url, watch=False) as d:
+        await d.update({f"k{i}": i for i in range(20_000)})
+    admin: Any = Redis.from_url(redis_url.partition("?")[0])
+    try:
+        before = await admin.info("commandstats")
+        code, out, err = await arun_cli("get", "k123", url=redis_url)
+        after = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+    assert (code, out) == (0, "123\n"), err
+
+    def calls(stats: dict[str, Any], command: str) -> int:
+        return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    for command in ("hgetall", "exec"):
+        assert calls(after, command) == calls(before, command), command
+
+
+def test_drop_needs_yes_and_removes_the_dict(store_url: str) -> None:
+    """``drop`` refuses without --yes (exit 2); with it the dict is gone: a later ``list`` is empty."""
+    assert run_cli("set", "k", "1", url=store_url).returncode == 0
+    refused = run_cli("drop", url=store_url)
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert run_cli("get", "k", url=store_url).returncode == 0
+    assert run_cli("drop", "--yes", url=store_url).returncode == 0
+    assert run_cli("get", "k", url=store_url).returncode == 3
+    assert json.loads(run_cli("list", "--json", url=store_url).stdout) == {}

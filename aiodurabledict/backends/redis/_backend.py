@@ -168,6 +168,17 @@ class RedisBackend:
             prev_token=_text(reply[3]),
         )
 
+    async def read(self, key: str) -> Delta:
+        """One key as the store holds it now, with the version and token: one script call."""
+        with redis_errors():
+            version, token, raw = await self.topology.run(SCRIPTS["read"], self.keys, (encode_key(key),))
+        return Delta(int(version or 0), {key: raw}, token=_text(token))
+
+    async def drop(self) -> None:
+        """Delete every key of the dict (data, version, token, history, change log): one DEL."""
+        with redis_errors("cannot drop the dict"):
+            await self.client.execute_command("DEL", *self.keys)
+
     # -- writes -----------------------------------------------------------------------------------
 
     # A write is one script call. redis-py may resend a command whose reply was lost to a dropped

@@ -224,6 +224,13 @@ return {v, t, redis.call('HGETALL', data)}
 """
 
 
+# ARGV[1] the key. A reading of one key at the store's version: {version, token, bytes}.
+_READ = r"""
+local v, t = current()
+return {v, t, redis.call('HGET', data, ARGV[1])}
+"""
+
+
 class Script:
     """A Lua script called by EVALSHA, falling back to EVAL (which caches it) after a server restart.
 
@@ -260,4 +267,5 @@ SCRIPTS = {
     "compare_and_set": Script(_CAS),
     "changes": Script(_CHANGES, ""),
     "load": Script(_LOAD, _READ_PRELUDE),
+    "read": Script(_READ, _READ_PRELUDE),
 }

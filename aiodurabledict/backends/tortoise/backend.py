@@ -239,6 +239,21 @@ class TortoiseBackend:
                 await marker.repair(truth, seen)
         return delta if delta is not None else await self.load()
 
+    async def read(self, key: str) -> Delta:
+        """One key as the store holds it now, with the version and token."""
+        with self._errors():
+            return await self._dialect.read(self.client(), key)
+
+    async def drop(self) -> None:
+        """Delete the dict's rows, its change log and its version row, and forget the marker.
+
+        Dicts still open on it then fail to find its version row (``BackendError``) until opened again.
+        """
+        async with self._writing() as client:
+            await self._dialect.drop(client)
+        if self._marker is not None:
+            await self._marker.forget()
+
     # -- writes ----------------------------------------------------------------------------------
 
     @asynccontextmanager

@@ -65,6 +65,9 @@ class Statements:
     log: str
     trim: str
     horizon: str
+    #: $1 name: the dict's log rows, and its version row (drop()).
+    forget_log: str
+    forget_version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,19 @@ class Dialect(ABC):
         changes = {row[4]: (None if row[5] is None else out(row[5])) for row in rows if row[4] is not None}
         delta = Delta(version=current, changes=changes, prev=version, token=token, prev_token=rows[0][3])
         return current, token, delta
+
+    async def read(self, client: BaseDBAsyncClient, key: str) -> Delta:
+        """One key as the store holds it, with the version and token (under the lock: consistent)."""
+        self.stored(key)
+        async with self.writing(client) as w:
+            return w.reading({key: await w.get(key)})
+
+    async def drop(self, client: BaseDBAsyncClient) -> None:
+        """Delete the dict's rows, its log and its version row, in one transaction."""
+        async with self.writing(client) as w:
+            await w.s.execute(self.sql.delete_all, self.scope())
+            await w.s.execute(self.sql.forget_log, [self.name])
+            await w.s.execute(self.sql.forget_version, [self.name])
 
     # -- writes ------------------------------------------------------------------------------------
 

@@ -109,6 +109,8 @@ class MysqlStatements(Statements):
         self.log = f"INSERT INTO {chg} (`name`, `version`, `key`, `token`) VALUES ($1, $2, $3, $4)"
         self.trim = f"DELETE FROM {chg} WHERE {named} AND `version` < $2"
         self.horizon = f"UPDATE {ver} SET `horizon` = $2 WHERE `name` = $1 AND `horizon` < $2"
+        self.forget_log = f"DELETE FROM {chg} WHERE {named}"
+        self.forget_version = f"DELETE FROM {ver} WHERE `name` = $1"
 
 
 def _library_ddl(with_entry: bool) -> list[str]:

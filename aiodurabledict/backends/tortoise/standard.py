@@ -61,6 +61,8 @@ class StandardStatements(Statements):
         self.log = f'INSERT INTO {chg} ("name", "version", "key", "token") VALUES ($1, $2, $3, $4)'
         self.trim = f'DELETE FROM {chg} WHERE "name" = $1 AND "version" < $2'
         self.horizon = f'UPDATE {ver} SET "horizon" = $2 WHERE "name" = $1 AND "horizon" < $2'
+        self.forget_log = f'DELETE FROM {chg} WHERE "name" = $1'
+        self.forget_version = f'DELETE FROM {ver} WHERE "name" = $1'
 
 
 def library_ddl(*, serial: str, blob: str, with_entry: bool) -> list[str]:
