@@ -232,6 +232,11 @@ def parse(url: str) -> tuple[StoreURL, dict[str, Any]]:
     """Parse ``url`` once: the ``StoreURL`` for its opener, and the dict's options, typed."""
     if not isinstance(url, str):
         raise TypeError(f"open_dict() takes a URL string, not {type(url).__name__}")
+    if url.strip().lower().startswith("sqlite://:memory:"):
+        raise ValueError(
+            "sqlite://:memory: would be a database that only the dict's own connection sees: use "
+            "memory:// for a store in this process, or an SQLite file (sqlite:///file.db)"
+        )
     try:
         parts = urlsplit(url.strip())
         if "," not in parts.netloc:

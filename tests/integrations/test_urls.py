@@ -87,6 +87,7 @@ async def test_raw_codec_from_the_url() -> None:
         ("zookeeper://host:2181/app?keyspace=b", "names its znode twice"),
         ("zookeeper://host:2181/app?chroot=/x", "unknown option 'chroot'"),
         ("sqlite://", "names no file"),
+        ("sqlite://:memory:", "use memory://"),
         ("sqlite://host/file.db", "has a host"),
         ("postgres://", "names no host or database"),
     ],
