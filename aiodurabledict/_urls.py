@@ -46,7 +46,7 @@ _OPENERS: Mapping[str, tuple[str, str]] = {
     "redis": (".backends.redis_url", "redis"),
     "rediss": (".backends.redis_url", "redis"),
     "redis+unix": (".backends.redis_url", "redis"),
-    "zookeeper": (".backends.zookeeper_url", "zookeeper"),
+    "zookeeper": (".backends.zookeeper.url", "zookeeper"),
     "sqlite": (".backends.tortoise_url", "tortoise"),
     "postgres": (".backends.tortoise_url", "postgres"),
     "postgresql": (".backends.tortoise_url", "postgres"),
@@ -212,7 +212,7 @@ def open_dict(url: str, **opts: Any) -> AsyncDurableDict[Any]:
     """An unopened dict on the store ``url`` names; it owns, and closes, the client it makes.
 
     Schemes: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS),
-    ``redis+unix:///path/to/socket``, ``zookeeper://host:port[,host:port…]/znode/path``,
+    ``redis+unix:///path/to/socket``, ``zookeeper://[user:password@]host:port[,host:port…]/path``,
     ``sqlite:///relative.db`` or ``sqlite:////absolute.db``, ``postgres://`` (or ``postgresql://``)
     ``user:password@host:port/database``, ``mysql://user:password@host:port/database`` (MySQL or
     MariaDB), ``memory://[name]`` (one store per name and process).

@@ -34,6 +34,33 @@ async def delete_tree(client: Any, path: str) -> None:
         await client.delete(path, force=True)
 
 
+class Requests:
+    """Records the requests a started client writes on its connection (pings left out).
+
+    ``count`` leaves out ``sync`` too: it is pipelined with the read after it, in the same round trip.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.sent: list[str] = []
+        conn = client.session.conn
+        send = conn.send
+
+        def recorded(request: Any, xid: int | None = None) -> Any:
+            name = type(request).__name__
+            if name != "PingRequest":
+                self.sent.append(name)
+            return send(request, xid=xid)
+
+        conn.send = recorded
+
+    @property
+    def count(self) -> int:
+        return sum(1 for name in self.sent if name != "SyncRequest")
+
+    def reset(self) -> None:
+        self.sent.clear()
+
+
 async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
     """A started aiozk client, or a skip (a failure in CI) when the server does not answer."""
     try:
@@ -79,13 +106,9 @@ def _zookeeper(*, log_keep: int | None = None, heartbeat: float = 2.0) -> Any:
     async def factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         import aiozk
 
-        from aiodurabledict.backends import zookeeper
+        from aiodurabledict.backends.zookeeper import ZookeeperDict
 
         async with zookeeper_znode() as (path, clients):
-            if log_keep is not None:
-                # Trim after every write down to a tiny log, so most reads fall back to a reload.
-                request.getfixturevalue("monkeypatch").setattr(zookeeper, "_LOG_KEEP", log_keep)
-                request.getfixturevalue("monkeypatch").setattr(zookeeper, "_TRIM_EVERY", 1)
 
             async def make(**opts: Any) -> AsyncDurableDict[Any]:
                 # Unstarted and owned: the dict starts the client on open() and closes it with
@@ -93,7 +116,10 @@ def _zookeeper(*, log_keep: int | None = None, heartbeat: float = 2.0) -> Any:
                 client = aiozk.ZKClient(ZOOKEEPER, session_timeout=10)
                 clients.append(client)
                 opts.setdefault("heartbeat", heartbeat)
-                return zookeeper.ZookeeperDict(path, client, owns_client=True, **opts)
+                if log_keep is not None:
+                    # A log of one entry: most reads fall back to a reload.
+                    opts.setdefault("log_keep", log_keep)
+                return ZookeeperDict(path, client, owns_client=True, **opts)
 
             yield make
 
