@@ -20,9 +20,10 @@ from aiodurabledict.backends.zookeeper import (
     ZookeeperDict,
     close_client,
     escape_key,
+    reads,
     unescape_key,
+    writes,
 )
-from aiodurabledict.backends.zookeeper import reads, writes
 from aiodurabledict.backends.zookeeper.layout import INLINE_LIMIT, parse_entry, parse_stamp
 from tests.stores.zookeeper import ZOOKEEPER, Requests, delete_tree, start_client, zookeeper_znode
 
