@@ -257,7 +257,7 @@ async def test_every_write_is_one_transaction_with_stamp_and_log() -> None:
         assert delta.version == after.last_modified_zxid
         stamp = parse_stamp(data)
         assert stamp.token == delta.token
-        assert stamp.names == {escape_key(f"k/{i}") for i in range(50)}
+        assert stamp.names == frozenset(escape_key(f"k/{i}") for i in range(50))
         assert stamp.before is not None
         assert (stamp.before.count, stamp.before.zxid, stamp.before.token) == (1, first.version, first.token)
         assert (delta.prev, delta.prev_token) == (first.version, first.token)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -83,11 +83,18 @@ async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
 
 
 @asynccontextmanager
-async def zookeeper_znode(servers: str = ZOOKEEPER) -> AsyncIterator[tuple[str, list[Any]]]:
-    """A fresh znode path and a list that collects clients to close; deletes the tree afterwards."""
+async def zookeeper_znode(
+    servers: str = ZOOKEEPER, *, auth: Sequence[Any] = ()
+) -> AsyncIterator[tuple[str, list[Any]]]:
+    """A fresh znode path and a list that collects clients to close; deletes the tree afterwards
+    (as the users of the digest ``Credentials`` in ``auth``, for nodes only they may delete)."""
+    from aiozk import protocol
+
     from aiodurabledict.backends.zookeeper import close_client
 
     admin = await start_client(servers)
+    for credentials in auth:
+        await admin.send(protocol.AuthRequest(type=0, scheme="digest", auth=credentials.auth))
     path = f"/aiodurabledict-test/{uuid.uuid4().hex}"
     clients: list[Any] = []
     try:

@@ -238,12 +238,16 @@ async def _connected(session: Any, *, writing: bool) -> Connection:
     safe = [States.CONNECTED]
     if session.allow_read_only and not writing:
         safe.append(States.READ_ONLY)
-    while session.state.current_state not in safe or session.conn is None or session.conn.closing:
+    while True:
         if not session.started or session.closing:
             raise zkexc.ConnectError("(closed)", 0)
+        conn: Connection | None = session.conn
+        if session.state.current_state in safe and conn is not None and not conn.closing:
+            if conn.writer is not None and not conn.writer.is_closing():
+                return conn
+            # Closed under us, and the read loop has not seen it yet: nothing can go out on it.
+            _suspend(session, conn)
         await session.state.wait_for(*safe)
-    conn: Connection = session.conn
-    return conn
 
 
 def _send_on(session: Any, conn: Connection, req: Any) -> asyncio.Future[tuple[int, Any]]:
@@ -314,7 +318,7 @@ def harden(client: ZKClient) -> None:
     session.find_server = find_server
     session.establish_session = establish_session
     if session.conn is not None:
-        _watch_read_loop(session, session.conn)
+        _fix_connection(session, session.conn)
 
 
 async def _find_server(session: Any, ext: _Extension, allow_read_only: bool) -> None:
@@ -328,7 +332,7 @@ async def _find_server(session: Any, ext: _Extension, allow_read_only: bool) -> 
                 _close_later(ext, conn, session.timeout)
                 continue
             old, session.conn = session.conn, conn
-            _watch_read_loop(session, conn)
+            _fix_connection(session, conn)
             if old is not None:
                 _close_later(ext, old, session.timeout)
             return
@@ -358,13 +362,28 @@ def _close_later(ext: _Extension, conn: Connection, timeout: float) -> None:
     task.add_done_callback(ext.closing.discard)
 
 
-def _watch_read_loop(session: Any, conn: Connection) -> None:
-    """When ``conn``'s read loop ends (however), fail what waits on it and suspend the session."""
+def _fix_connection(session: Any, conn: Connection) -> None:
+    """Make ``conn``'s read loop end on cancellation and on a closed socket, and count its end as a
+    lost connection: what waits on it fails at once, and the session looks for a server."""
     start = conn.start_read_loop
+
+    async def read(size: int = -1) -> bytes:
+        # aiozk reads with wait_for in a loop, which on Python 3.11 can swallow a cancellation
+        # that comes with the data (the read loop then never ends: asyncio.run() hangs at exit),
+        # and which reads an empty chunk from a closed socket until read_timeout passes.
+        try:
+            async with asyncio.timeout(conn.read_timeout):
+                data: bytes = await conn.reader.readexactly(size)
+                return data
+        except asyncio.IncompleteReadError:
+            raise ConnectionAbortedError from None
+        except TimeoutError:
+            raise zkexc.UnfinishedRead from None
 
     def ended(task: asyncio.Task[None]) -> None:
         # Pending requests would wait for answers that never come: fail them now.
-        conn.abort(zkexc.ConnectError)
+        if conn.pending_count():
+            conn.abort(zkexc.ConnectError)
         if task.cancelled() or conn.closing or session.closing or not session.started:
             return
         if session.conn is conn:
@@ -375,6 +394,7 @@ def _watch_read_loop(session: Any, conn: Connection) -> None:
         start()
         conn.read_loop_task.add_done_callback(ended)
 
+    conn._read = read
     if conn.read_loop_task is None:
         conn.start_read_loop = start_read_loop
     else:

@@ -287,7 +287,10 @@ class Reader:
                 raw, raw_stat = node
                 node_stat = stat_of(raw_stat)
                 value = raw if raw is not None else b""
-                tree.present.add(name)
+                if node_stat.children:
+                    tree.present.discard(name)
+                else:
+                    tree.present.add(name)
                 delta = Delta(version=read.stat.mzxid, changes={key: value}, token=read.stamp.token)
                 return KeyRead(delta, value, node_stat.version, nested=node_stat.children > 0)
             tree.present.discard(name)
