@@ -7,8 +7,9 @@ znode per test; the znode is deleted recursively and the clients closed afterwar
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -19,6 +20,7 @@ from aiodurabledict.testing.conformance import Factory
 from tests.servers import answers, unavailable, zookeeper_address
 
 ZOOKEEPER = zookeeper_address()
+ENSEMBLE_ENV = "AIODURABLEDICT_ZOOKEEPER_ENSEMBLE"
 
 
 async def delete_tree(client: Any, path: str) -> None:
@@ -69,7 +71,7 @@ async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
         from aiodurabledict.backends.zookeeper import close_client
     except ImportError:
         unavailable("aiozk is not installed")
-    if not answers(servers):
+    if not any(answers(server) for server in servers.split(",")):
         unavailable(f"ZooKeeper does not answer at {servers}")
     options.setdefault("session_timeout", 10)
     client = aiozk.ZKClient(servers, **options)
@@ -108,19 +110,34 @@ async def zookeeper_znode(
                 await close_client(client, 2.0)
 
 
-def _zookeeper(*, log_keep: int | None = None, heartbeat: float = 2.0) -> Any:
+def zookeeper_ensemble_address() -> str:
+    """The shared ensemble's connect string (``h:p,h:p,h:p``, from AIODURABLEDICT_ZOOKEEPER_ENSEMBLE);
+    skips (or fails, where servers are required) when it is unset or a peer does not answer."""
+    servers = [a.strip() for a in os.environ.get(ENSEMBLE_ENV, "").split(",") if a.strip()]
+    if not servers:
+        unavailable(f'{ENSEMBLE_ENV} is not set (scripts/servers.sh start; eval "$(scripts/servers.sh env)")')
+    silent = [s for s in servers if not answers(s)]
+    if silent:
+        unavailable(f"the ZooKeeper ensemble does not answer at {', '.join(silent)}")
+    return ",".join(servers)
+
+
+def _zookeeper(
+    *, log_keep: int | None = None, heartbeat: float = 2.0, servers: Callable[[], str] = lambda: ZOOKEEPER
+) -> Any:
     @asynccontextmanager
     async def factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         import aiozk
 
         from aiodurabledict.backends.zookeeper import ZookeeperDict
 
-        async with zookeeper_znode() as (path, clients):
+        connect = servers()
+        async with zookeeper_znode(connect) as (path, clients):
 
             async def make(**opts: Any) -> AsyncDurableDict[Any]:
                 # Unstarted and owned: the dict starts the client on open() and closes it with
                 # every task it ran on aclose().
-                client = aiozk.ZKClient(ZOOKEEPER, session_timeout=10)
+                client = aiozk.ZKClient(connect, session_timeout=10)
                 clients.append(client)
                 opts.setdefault("heartbeat", heartbeat)
                 if log_keep is not None:
@@ -137,5 +154,8 @@ PARAMS = [
     pytest.param(_zookeeper(), id="zookeeper", marks=pytest.mark.zookeeper),
     pytest.param(
         _zookeeper(log_keep=1, heartbeat=0.3), id="zookeeper-short-log", marks=pytest.mark.zookeeper
+    ),
+    pytest.param(
+        _zookeeper(servers=zookeeper_ensemble_address), id="zookeeper-ensemble", marks=pytest.mark.zookeeper
     ),
 ]
