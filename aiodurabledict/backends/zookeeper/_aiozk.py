@@ -22,13 +22,14 @@ import asyncio
 import logging
 import random
 import struct
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiozk import exc as zkexc
 from aiozk import protocol
-from aiozk.connection import Connection
+from aiozk.connection import Connection, version_regex
 from aiozk.protocol.request import Request
 from aiozk.protocol.response import Response
 from aiozk.states import States
@@ -150,14 +151,16 @@ async def read_many(
     when the one it went out on breaks (reads may be repeated).
 
     ``sync``: a path to ``sync`` first, pipelined with the reads (the server answers them after
-    its follower caught up with the leader: read-after-commit on any server of an ensemble).
+    its follower caught up with the leader: read-after-commit on any server of an ensemble); not
+    needed, and not sent, on a standalone server.
     """
     session = client.session
     while True:
         conn = await _connected(session, writing=False)
         if conn.version_info is not None and tuple(conn.version_info) < (3, 6, 0):
             return await _each_read(client, ops, sync=sync)
-        synced = _send_on(session, conn, protocol.SyncRequest(path=sync)) if sync else None
+        needs_sync = sync is not None and conn not in _STANDALONE
+        synced = _send_on(session, conn, protocol.SyncRequest(path=sync)) if needs_sync else None
         answer = _send_on(session, conn, MultiRead(ops))
         try:
             if synced is not None:
@@ -286,6 +289,8 @@ class _Extension:
 
 
 _EXTENSION = "_aiodurabledict_extension"
+# Connections to a standalone server: it holds every commit, so reads need no sync first.
+_STANDALONE: weakref.WeakSet[Connection] = weakref.WeakSet()
 # Servers are searched again at once, then after up to this many seconds, doubling.
 _FIRST_RETRY = 0.05
 _LAST_RETRY = 1.0
@@ -344,6 +349,21 @@ async def _find_server(session: Any, ext: _Extension, allow_read_only: bool) -> 
 async def _connect(session: Any, host: str, port: int) -> Connection | None:
     """A connection that passed aiozk's handshake, within a bound; ``None`` (closed) otherwise."""
     conn = Connection(host, port, watch_handler=session.event_dispatch, read_timeout=session.read_timeout)
+
+    async def make_handshake() -> None:
+        # aiozk's, keeping the server's mode too: a standalone server needs no sync before a read.
+        conn.host_ip = conn.writer.transport.get_extra_info("peername")[0]
+        conn.writer.write(b"srvr")
+        answer = await conn.reader.read()
+        match = version_regex.match(answer.split(b"\n")[0])
+        if match is None:
+            raise ConnectionError
+        conn.version_info = tuple(map(int, match.groups()))
+        conn.start_read_only = b"READ_ONLY" in answer
+        if b"\nMode: standalone" in answer:
+            _STANDALONE.add(conn)
+
+    conn._make_handshake = make_handshake
     bound = max(0.5, min(float(session.timeout) / 3, 2.0))
     try:
         async with asyncio.timeout(bound):
