@@ -37,19 +37,7 @@ from aiozk.states import States
 if TYPE_CHECKING:
     from aiozk import ZKClient
 
-__all__ = [
-    "OP_GET_CHILDREN",
-    "OP_GET_DATA",
-    "ConnectionLostError",
-    "MultiRead",
-    "ReadResult",
-    "add_auth",
-    "close_client",
-    "harden",
-    "read_many",
-    "request",
-    "request_size",
-]
+__all__ = ["ConnectionLostError", "MultiRead", "add_auth", "close_client", "harden", "read_many", "request"]
 
 log = logging.getLogger("aiodurabledict.zookeeper")
 
@@ -462,16 +450,6 @@ def request_size(req: Any) -> int:
         if isinstance(op, protocol.CreateRequest | protocol.Create2Request):
             size += 4 + sum(12 + len(a.id.scheme.encode()) + len(a.id.id.encode()) for a in op.acl)
     return size
-
-
-def create_request(
-    client: ZKClient, path: str, data: bytes, acl: Iterable[Any], *, sequential: bool = False
-) -> Any:
-    """A create (with stat where the server knows it) of a persistent node."""
-    cls = protocol.Create2Request if client.features.create_with_stat else protocol.CreateRequest
-    req = cls(path=path, data=data, acl=list(acl))
-    req.set_flags(False, sequential, False)
-    return req
 
 
 async def close_client(client: ZKClient, timeout: float) -> None:

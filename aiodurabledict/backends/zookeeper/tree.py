@@ -125,9 +125,15 @@ class Tree:
                 raise zkexc.get_response_error(result)
         return zxid, results
 
-    def create(self, path: str, data: bytes, *, sequential: bool = False) -> Any:
-        """A create request for a node of the dict (with the dict's ACL)."""
-        return _aiozk.create_request(self.client, path, data, self.acl, sequential=sequential)
+    def create(
+        self, path: str, data: bytes, *, sequential: bool = False, acl: Sequence[Any] | None = None
+    ) -> Any:
+        """A create request (with stat where the server knows it) of a persistent node of the dict,
+        with the dict's ACL unless ``acl`` is given."""
+        cls = protocol.Create2Request if self.client.features.create_with_stat else protocol.CreateRequest
+        request = cls(path=path, data=data, acl=list(self.acl if acl is None else acl))
+        request.set_flags(False, sequential, False)
+        return request
 
     def put(self, name: str, value: bytes) -> Any:
         """Set or create a key's node, whichever we believe it needs."""

@@ -20,7 +20,7 @@ from aiozk import protocol
 
 from ..._backend import Delta, new_token
 from ...errors import BackendError, InvalidKeyError, ValueTooLargeError
-from ._aiozk import OP_GET_CHILDREN, create_request, request_size
+from ._aiozk import OP_GET_CHILDREN, request_size
 from .layout import (
     ALL,
     ENTRY,
@@ -350,7 +350,7 @@ class Writer:
 
     async def _create_quietly(self, path: str, acl: list[Any]) -> None:
         with contextlib.suppress(zkexc.NodeExists):
-            await self.tree.send(create_request(self.tree.client, path, b"", acl))
+            await self.tree.send(self.tree.create(path, b"", acl=acl))
 
     def _batches(self, ops: list[Any]) -> list[list[Any]]:
         """Split ``ops`` into transactions that each fit in one request with stamp and log entry."""
