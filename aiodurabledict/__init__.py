@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._backend import Backend, Delta, PushBackend, new_token
 from ._codecs import Codec, JSONCodec, PickleCodec, RawCodec
 from ._dict import AsyncDurableDict
-from ._types import MISSING, Change, Missing, Status
+from ._types import MISSING, Change, DictOptions, Health, Missing, Status
 from .backends.memory import MemoryDict, MemoryStore
 from .errors import (
     BackendError,
@@ -43,8 +43,10 @@ __all__ = [
     "Codec",
     "DecodeError",
     "Delta",
+    "DictOptions",
     "DurableDictError",
     "EncodeError",
+    "Health",
     "InvalidKeyError",
     "JSONCodec",
     "MemoryDict",
@@ -64,16 +66,27 @@ __all__ = [
     "open_dict",
 ]
 
+# name -> (module, the extra that brings what it needs)
 _LAZY = {
-    "RedisDict": ".backends.redis",
-    "ZookeeperDict": ".backends.zookeeper",
-    "ModelDict": ".backends.tortoise",
-    "open_dict": "._urls",
+    "RedisDict": (".backends.redis", "redis"),
+    "ZookeeperDict": (".backends.zookeeper", "zookeeper"),
+    "ModelDict": (".backends.tortoise", "tortoise"),
+    "open_dict": ("._urls", ""),
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    found = _LAZY.get(name)
+    if found is None:
         raise AttributeError(f"module 'aiodurabledict' has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+    module, extra = found
+    try:
+        return getattr(importlib.import_module(module, __name__), name)
+    except ImportError as exc:
+        missing = exc.name or ""
+        if not extra or missing.startswith("aiodurabledict"):
+            raise
+        raise ImportError(
+            f"{name} needs the {extra!r} extra (missing module {missing!r}): pip install 'aiodurabledict[{extra}]'",
+            name=missing,
+        ) from exc

@@ -52,7 +52,7 @@ class PickleCodec:
     __slots__ = ("protocol",)
 
     def __init__(self, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
-        self.protocol = protocol
+        self.protocol: int = protocol
 
     def encode(self, value: Any) -> bytes:
         try:

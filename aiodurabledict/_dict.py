@@ -6,36 +6,42 @@ Writes go to the store first and then into the cache at the version and token th
 
 from __future__ import annotations
 
-import asyncio
-import enum
+import logging
 import os
+import time
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Generic, Self, overload
+from typing import Any, Self, overload
 
 from typing_extensions import TypeVar
 
 from ._backend import Backend, Delta
-from ._cache import Cache, ForkedEntries, Items, Keys, Values
+from ._cache import Cache
+from ._changes import DEFAULT_BUFFER, ChangeStream
 from ._codecs import Codec, JSONCodec
-from ._sync import Syncer
-from ._types import MISSING, Change, Missing, Status
+from ._lifecycle import Lifecycle, State
+from ._snapshot import bootstrap_delta
+from ._status import StatusBoard, StatusStream
+from ._types import MISSING, Missing, Status
+from ._view import CachedView
 from .errors import (
     BackendError,
     DecodeError,
     EncodeError,
     InvalidKeyError,
-    NotOpenError,
     ValueTooLargeError,
 )
 
 __all__ = ["AsyncDurableDict", "State"]
 
+
 # Unparametrised dicts hold Any, so `MemoryDict()` needs no annotation to type-check.
 V = TypeVar("V", default=Any)
 T = TypeVar("T")
+
+log = logging.getLogger("aiodurabledict")
 
 _NO_DEFAULT: Any = object()
 # Rounds of compare_and_set when the stored bytes decode to the expected value but differ from
@@ -43,71 +49,7 @@ _NO_DEFAULT: Any = object()
 _CAS_ROUNDS = 3
 
 
-class State(enum.Enum):
-    """Where a dict is in its life; a closed dict stays closed (make a new one)."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-# Dicts open in this process: a forked child must not serve their frozen copies.
-_open_dicts: weakref.WeakValueDictionary[int, AsyncDurableDict[Any]] = weakref.WeakValueDictionary()
-
-
-def _after_fork() -> None:
-    for d in list(_open_dicts.values()):
-        d._forked_away()
-    _open_dicts.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-class _ChangeStream(Generic[V]):
-    """An async iterator over the changes a cache applies, from its creation until the dict closes."""
-
-    def __init__(self, cache: Cache, streams: set[_ChangeStream[Any]]) -> None:
-        self._cache = cache
-        self._streams = streams
-        self._queue: asyncio.Queue[Change[V] | None] = asyncio.Queue()
-        self._ended = False
-        cache.listeners.append(self._queue.put_nowait)
-        streams.add(self)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Change[V]:
-        if self._ended and self._queue.empty():
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is None:
-            self._ended = True
-            raise StopAsyncIteration
-        return item
-
-    def end(self) -> None:
-        """The dict closed: stop after what is queued."""
-        self._detach()
-        self._queue.put_nowait(None)
-
-    async def aclose(self) -> None:
-        """Stop receiving changes."""
-        self._detach()
-        self._ended = True
-
-    def _detach(self) -> None:
-        self._streams.discard(self)
-        put = self._queue.put_nowait
-        listeners = self._cache.listeners
-        if put in listeners:
-            listeners.remove(put)
-
-
-class AsyncDurableDict(Generic[V]):
+class AsyncDurableDict(CachedView[V]):
     """A dictionary kept in a durable, shared store and cached in process memory.
 
     ``backend`` is any object that follows the ``Backend`` protocol. Options, all keyword-only:
@@ -124,6 +66,13 @@ class AsyncDurableDict(Generic[V]):
       backend's, else 1 s). Given (or suggested by the backend) for a store that pushes, checks still
       come at least this often, as a safety net for lost notices.
     - ``timeout``: seconds any one store call may take before it fails with ``BackendError``.
+    - ``bootstrap``: values to open on when the store cannot be reached at ``open()`` (interrupted
+      until it answers; never confirmed, so ``max_staleness`` counts them stale at once).
+    - ``snapshot``: a file path. The confirmed content is written there (atomically, at most once a
+      second, owner-readable only); when the store cannot be reached at ``open()`` the dict opens on
+      it (stale from when it was written). Without ``bootstrap`` or a readable snapshot, ``open()``
+      fails when the store cannot be reached. Either is replaced by the store's content as soon as
+      the store answers.
     """
 
     def __init__(
@@ -137,6 +86,8 @@ class AsyncDurableDict(Generic[V]):
         heartbeat: float = 2.0,
         poll_interval: float | None = None,
         timeout: float = 5.0,
+        bootstrap: Mapping[str, Any] | None = None,
+        snapshot: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(backend, Backend):
             missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
@@ -155,33 +106,31 @@ class AsyncDurableDict(Generic[V]):
         self._codec: Codec = codec if codec is not None else JSONCodec()
         self._autosync = autosync
         self._timeout = timeout
-        self._options = {
-            "timeout": timeout,
-            "heartbeat": heartbeat,
-            "poll_interval": interval,
-            "polled": polled,
-            "max_staleness": max_staleness,
-            "watch": watch,
-        }
         self._cache = Cache(self._codec)
         self._data = self._cache.data
-        self._view: Mapping[str, V] = MappingProxyType(self._data)
-        self._sync = self._new_syncer()
-        self._state = State.NEW
-        self._opening: asyncio.Future[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
-        self._close_asked = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = os.getpid()
-        self._forked = False
-        self._streams: set[_ChangeStream[Any]] = set()
+        self._view = MappingProxyType(self._data)
+        self._board = StatusBoard(Status(False, False, False, time.time(), None, 0))
+        self._life = Lifecycle(
+            backend,
+            self._cache,
+            self._board,
+            name=f"{type(self).__name__}({backend!r})",
+            timeout=timeout,
+            options={
+                "timeout": timeout,
+                "heartbeat": heartbeat,
+                "poll_interval": interval,
+                "polled": polled,
+                "max_staleness": max_staleness,
+                "watch": watch,
+            },
+            # Encoded now, so that a value the codec refuses fails here, not at the worst moment.
+            bootstrap=None if bootstrap is None else bootstrap_delta(bootstrap, self._codec),
+            snapshot=snapshot,
+        )
+        self._sync = self._life.sync
+        self._streams: weakref.WeakSet[ChangeStream[Any]] = weakref.WeakSet()
         self._changes_seen = 0
-
-    def _new_syncer(self) -> Syncer:
-        return Syncer(self._backend, self._cache, name=self._name(), **self._options)  # type: ignore[arg-type]
-
-    def _name(self) -> str:
-        return f"{type(self).__name__}({self._backend!r})"
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -189,62 +138,16 @@ class AsyncDurableDict(Generic[V]):
         """Load every entry and start the watcher. Opening an open dict does nothing; concurrent
         callers share one opening.
 
-        Raises ``BackendError`` when the store cannot be reached (the dict may be opened again),
-        ``NotOpenError`` when it was closed (a closed dict stays closed).
+        Raises ``BackendError`` when the store cannot be reached (the dict may be opened again;
+        with ``bootstrap`` or a snapshot it opens on those instead), ``NotOpenError`` when it was
+        closed (a closed dict stays closed).
         """
-        if self._state is State.OPEN:
-            self._ensure_open()
-            return self
-        if self._state is State.OPENING:
-            assert self._opening is not None
-            await asyncio.shield(self._opening)
-            self._ensure_open()
-            return self
-        if self._state is not State.NEW:
-            raise NotOpenError(f"{type(self).__name__} was closed; a closed dict cannot be opened again")
-        self._state = State.OPENING
-        loop = self._loop = asyncio.get_running_loop()
-        opening = self._opening = loop.create_future()
         try:
-            await self._open()
-        except BaseException as exc:
-            self._state = State.CLOSED if self._close_asked else State.NEW
-            if isinstance(exc, asyncio.CancelledError):
-                opening.cancel()
-            else:
-                opening.set_exception(exc)
-                opening.exception()  # retrieved: another opener may or may not be waiting
-            raise
-        opening.set_result(None)
+            await self._life.open()
+        finally:
+            # The syncer of this opening (the hot path reads it without going through the lifecycle).
+            self._sync = self._life.sync
         return self
-
-    async def _open(self) -> None:
-        self._cache.reset()
-        sync = self._sync = self._new_syncer()
-        try:
-            await sync.call(self._backend.start(), self._timeout)
-            delta = await sync.call(self._backend.load(), self._timeout)
-            if self._close_asked:
-                raise NotOpenError(f"{type(self).__name__} was closed while it was opening")
-        except BaseException:
-            # Whatever the backend made (an owned client, a connection) must not outlive a failed open.
-            await asyncio.shield(self._release())
-            raise
-        self._cache.apply(delta)
-        sync.confirmed()
-        self._state = State.OPEN
-        _open_dicts[id(self)] = self
-        if sync.watch:
-            sync.start_watcher()
-        else:
-            sync.went_live()
-
-    async def _release(self) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._backend.aclose()
-        except Exception as exc:  # noqa: BLE001 - releasing after a failure must not hide that failure
-            warnings.warn(f"releasing {self!r} failed: {exc!r}", ResourceWarning, stacklevel=2)
 
     async def aclose(self) -> None:
         """Stop the watcher and release what the dict made; the user's client stays open. Idempotent.
@@ -252,38 +155,7 @@ class AsyncDurableDict(Generic[V]):
         Called while ``open()`` runs in another task, it waits for it and leaves the dict closed
         (``open()`` then raises ``NotOpenError``). In a forked child it only forgets the dict.
         """
-        state = self._state
-        if state is State.NEW:
-            self._state = State.CLOSED
-            return
-        if state is State.OPENING:
-            self._close_asked = True
-            assert self._opening is not None
-            await asyncio.wait([self._opening])
-            if self._state is State.OPEN:
-                await self.aclose()
-            return
-        if state is State.CLOSING:
-            assert self._closing is not None
-            await asyncio.wait([self._closing])
-            return
-        if state is State.CLOSED:
-            return
-        self._state = State.CLOSING
-        closing = self._closing = asyncio.get_running_loop().create_future()
-        sync = self._sync
-        sync.closed = f"{type(self).__name__} is closed"
-        _open_dicts.pop(id(self), None)
-        try:
-            if not self._forked:
-                await sync.stop_watcher()
-            for stream in list(self._streams):
-                stream.end()
-            if not self._forked:
-                await self._backend.aclose()
-        finally:
-            self._state = State.CLOSED
-            closing.set_result(None)
+        await self._life.aclose(self._streams)
 
     close = aclose
 
@@ -294,25 +166,16 @@ class AsyncDurableDict(Generic[V]):
         await self.aclose()
 
     def __del__(self) -> None:
-        if getattr(self, "_state", None) is State.OPEN and not self._forked and self._pid == os.getpid():
-            warnings.warn(f"{self!r} was never closed", ResourceWarning, stacklevel=1, source=self)
-            self._sync.abandon()
-
-    def _forked_away(self) -> None:
-        """In a forked child: refuse every read and call; touch nothing the parent's clients own."""
-        self._forked = True
-        self._sync.closed = ForkedEntries.reason
-        self._data.__class__ = ForkedEntries
+        life = getattr(self, "_life", None)
+        if life is not None:
+            life.finalize(
+                lambda: warnings.warn(
+                    f"{self!r} was never closed", ResourceWarning, stacklevel=3, source=self
+                )
+            )
 
     def _ensure_open(self) -> None:
-        if self._state is not State.OPEN:
-            what = "closed" if self._state in (State.CLOSING, State.CLOSED) else "not open yet"
-            raise NotOpenError(f"{type(self).__name__} is {what}: use `async with` or `await d.open()`")
-        self._sync.ensure_usable()
-        if asyncio.get_running_loop() is not self._loop:
-            raise NotOpenError(
-                f"{type(self).__name__} was opened in another event loop; open a new dict in this one"
-            )
+        self._life.ensure_open()
 
     # -- the awaitable API -------------------------------------------------------------------------
 
@@ -353,7 +216,7 @@ class AsyncDurableDict(Generic[V]):
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, value)
-        await self._place(await self._call(self._backend.set(key, raw)))
+        await self._place(await self._call("set", self._backend.set(key, raw)))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; ``KeyError`` if it is absent from the store."""
@@ -369,7 +232,7 @@ class AsyncDurableDict(Generic[V]):
         """Remove ``key`` and return its value; ``default`` (even a falsy one) or ``KeyError`` if absent."""
         self._ensure_open()
         self._check_key(key)
-        delta, old = await self._call(self._backend.pop(key))
+        delta, old = await self._call("pop", self._backend.pop(key))
         await self._place(delta)
         if old is None:
             if default is _NO_DEFAULT:
@@ -385,7 +248,7 @@ class AsyncDurableDict(Generic[V]):
         self._ensure_open()
         self._check_key(key)
         raw = self._encode(key, default)
-        delta, stored = await self._call(self._backend.setdefault(key, raw))
+        delta, stored = await self._call("setdefault", self._backend.setdefault(key, raw))
         await self._place(delta)
         value: V = self._decode(key, stored)
         return value
@@ -403,12 +266,12 @@ class AsyncDurableDict(Generic[V]):
             self._check_key(key)
             items[key] = self._encode(key, value)
         if items:
-            await self._place(await self._call(self._backend.update(items)))
+            await self._place(await self._call("update", self._backend.update(items)))
 
     async def clear(self) -> None:
         """Remove every entry."""
         self._ensure_open()
-        await self._place(await self._call(self._backend.clear()))
+        await self._place(await self._call("clear", self._backend.clear()))
 
     async def compare_and_set(self, key: str, expected: V | Missing, new: V | Missing) -> bool:
         """Atomically store ``new`` if the stored value equals ``expected``; ``True`` if it did.
@@ -422,7 +285,9 @@ class AsyncDurableDict(Generic[V]):
         expected_raw = None if expected is MISSING else self._encode(key, expected)
         new_raw = None if new is MISSING else self._encode(key, new)
         for _ in range(_CAS_ROUNDS):
-            delta, swapped = await self._call(self._backend.compare_and_set(key, expected_raw, new_raw))
+            delta, swapped = await self._call(
+                "compare_and_set", self._backend.compare_and_set(key, expected_raw, new_raw)
+            )
             await self._place(delta)
             if swapped:
                 return True
@@ -467,50 +332,16 @@ class AsyncDurableDict(Generic[V]):
         await self._autosync_quietly()
         return dict(self._data)
 
-    def changes(self) -> AsyncIterator[Change[V]]:
-        """Every change the cache applies from now on (local and remote writes), until the dict closes."""
-        return _ChangeStream(self._cache, self._streams)
+    def changes(self, *, buffer: int = DEFAULT_BUFFER) -> ChangeStream[V]:
+        """Every change the cache applies from now on (local and remote writes), until the dict closes.
 
-    # -- the synchronous cached view -----------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> V:
-        value: V = self._data[key]
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._data))
-
-    def keys(self) -> Keys:
-        """The keys, set-like; iterating takes a snapshot, so awaiting inside the loop is safe."""
-        return Keys(self._data)
-
-    def values(self) -> Values:
-        """The values (undecodable entries left out), iterated over a snapshot."""
-        return Values(self._data)
-
-    def items(self) -> Items:
-        """The ``(key, value)`` pairs (undecodable entries left out), iterated over a snapshot."""
-        return Items(self._data)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, AsyncDurableDict):
-            return dict.__eq__(self._data, other._data)
-        if isinstance(other, Mapping):
-            return dict.__eq__(self._data, dict(other))
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    @property
-    def view(self) -> Mapping[str, V]:
-        """A live, read-only mapping of the cache; as fast to read as a dict. Never does I/O."""
-        return self._view
+        Up to ``buffer`` changes wait for a slow consumer; one that falls further behind receives a
+        ``Change`` with ``lost`` set (the number dropped) and should take ``await d.snapshot()``.
+        Memory stays bounded, and a stream nobody holds any more is unregistered.
+        """
+        stream: ChangeStream[V] = ChangeStream(self._cache.listeners, buffer)
+        self._streams.add(stream)
+        return stream
 
     @property
     def backend(self) -> Backend:
@@ -524,44 +355,40 @@ class AsyncDurableDict(Generic[V]):
         return self._sync.free
 
     @property
-    def version(self) -> int:
-        """The store version the cache reflects.
-
-        It grows with every change the cache applies, the dict's own writes included. When the store
-        goes back in time (it lost writes, or was restored) the cache reloads and this becomes the
-        store's, lower, version; that is logged as a warning, never silent.
-        """
-        return self._cache.version
-
-    @property
-    def undecodable(self) -> frozenset[str]:
-        """Keys whose stored value the codec could not decode (reading them raises ``DecodeError``)."""
-        return frozenset(self._data.bad)
-
-    @property
     def status(self) -> Status:
-        """Whether the watcher is connected, and since when the cache may be stale."""
-        sync = self._sync
-        return Status(
-            open=self._state is State.OPEN and sync.closed is None,
-            watching=sync.watching,
-            connected=sync.connected and self._state is State.OPEN,
-            since=sync.since,
-            stale_since=None if sync.connected else sync.confirmed_wall,
-            version=self._cache.version,
-            error=sync.error,
-        )
+        """Where the cache stands: its ``Health`` and since when, whether the watcher is connected,
+        since when the cache may be stale, the last failure."""
+        return self._sync.status()
+
+    def on_status(self, callback: Callable[[Status], None]) -> Callable[[], None]:
+        """Call ``callback`` with the new ``Status`` each time the state changes (initializing, live,
+        interrupted, stale, closed); returns a function that unsubscribes. Callbacks run in the
+        event loop and must not block; an exception from one is logged."""
+        return self._board.subscribe(callback)
+
+    def status_changes(self) -> AsyncIterator[Status]:
+        """Every change of state from now on, as an async iterator that ends once the dict closed."""
+        return StatusStream(self._board)
+
+    async def wait_live(self, timeout: float | None = None) -> None:
+        """Return once the dict is live: its watcher follows the store and the cache is confirmed.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, ``NotOpenError`` when not open or closed
+        meanwhile.
+        """
+        self._ensure_open()
+        await self._board.wait_live(timeout)
 
     def __repr__(self) -> str:
         keys = dict.__len__(self._data)
-        return f"<{type(self).__name__} {self._state.value} version={self._cache.version} keys={keys}>"
+        return f"<{type(self).__name__} {self._life.state.value} version={self._cache.version} keys={keys}>"
 
     # -- internals ---------------------------------------------------------------------------------
 
-    async def _call(self, aw: Any) -> Any:
+    async def _call(self, operation: str, aw: Any) -> Any:
         """One store call for the application, bounded by ``timeout``; a closed dict says so."""
         try:
-            return await self._sync.call(aw, self._timeout)
+            return await self._sync.call(aw, self._timeout, operation)
         except BackendError:
             self._ensure_open()
             raise

@@ -13,16 +13,20 @@ The syncer never refers to the dict, so an abandoned dict can be collected while
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
+import warnings
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import anyio
-
+from . import _observe
 from ._backend import Backend, Delta, PushBackend
 from ._cache import Cache, OrphanedEntries, Outcome
-from ._watcher import Backoff, describe, watch
+from ._status import StatusBoard
+from ._types import Health, Status
+from ._watcher import WatcherTask
 from .errors import BackendError, DurableDictError, NotOpenError, StaleError
 
 __all__ = ["Syncer"]
@@ -81,8 +85,10 @@ class Syncer:
         polled: bool,
         max_staleness: float | None,
         watch: bool,
+        board: StatusBoard,
     ) -> None:
         self.backend = backend
+        self.board = board
         self.cache = cache
         self.name = name
         self.timeout = timeout
@@ -111,11 +117,15 @@ class Syncer:
         self.confirmed_wall = time.time()
         self._fail_until = 0.0
         self._last_failure: BackendError | None = None
+        self._down_since: float | None = None
         self.resync = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._scope: anyio.CancelScope | None = None
-        self._stopping = False
+        self._watcher = WatcherTask(self)
         self.orphaned = False
+        self._opened = False
+        self._stale_timer: asyncio.TimerHandle | None = None
+        # Opened on a snapshot or defaults while the store was down: start() is still owed.
+        self._needs_start = False
+        self._was_lost = False
 
     # -- what readers ask --------------------------------------------------------------------------
 
@@ -125,8 +135,11 @@ class Syncer:
         return self._live and self._gaps_filled == self._gaps and not self._reload and not self.cache.dirty
 
     def unconfirmed_for(self) -> float:
-        """Seconds since the cache was last confirmed against the store (0 while connected)."""
-        return 0.0 if self.connected else time.monotonic() - self._confirmed_at
+        """Seconds since the cache was last confirmed against the store: 0 while a watcher follows
+        it; without a watcher, the time since the last successful check."""
+        if self._live or (self.connected and self.watch):
+            return 0.0
+        return time.monotonic() - self._confirmed_at
 
     def raise_if_stale(self, cause: BaseException) -> None:
         """Raise ``StaleError`` from ``cause`` once the cache has gone unconfirmed past ``max_staleness``."""
@@ -141,6 +154,67 @@ class Syncer:
         """Raise ``NotOpenError`` when the dict was closed, forked away or orphaned."""
         if self.closed is not None:
             raise NotOpenError(self.closed)
+
+    # -- status ------------------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """The cache's ``Status`` now."""
+        state = self._state()
+        board = self.board.current
+        return Status(
+            open=self._opened and self.closed is None,
+            watching=self.watching,
+            connected=self.connected and self.closed is None,
+            since=board.since if board.state is state else time.time(),
+            stale_since=None if self.unconfirmed_for() == 0.0 else self.confirmed_wall,
+            version=self.cache.version,
+            error=self.error,
+            state=state,
+        )
+
+    def _state(self) -> Health:
+        if self.closed is not None:
+            return Health.CLOSED
+        if not self._opened:
+            return Health.INITIALIZING
+        bound = self.max_staleness
+        if bound is not None and self.unconfirmed_for() > bound:
+            return Health.STALE
+        if self._live or (self.connected and (self.push is None or not self.watch)):
+            return Health.LIVE
+        if self.error is None:
+            return Health.INITIALIZING
+        return Health.INTERRUPTED
+
+    def _evaluate(self) -> None:
+        """Report the status when its state changed; time the move from interrupted to stale."""
+        status = self.status()
+        self.board.report(status)
+        timer, self._stale_timer = self._stale_timer, None
+        if timer is not None:
+            timer.cancel()
+        unwatched = status.state is Health.LIVE and not self.watch
+        if (status.state is Health.INTERRUPTED or unwatched) and self.max_staleness is not None:
+            left = self.max_staleness - self.unconfirmed_for()
+            with contextlib.suppress(RuntimeError):  # no running loop: a closing dict
+                self._stale_timer = asyncio.get_running_loop().call_later(max(left, 0) + 0.01, self._evaluate)
+
+    def mark_open(self) -> None:
+        """The dict finished opening."""
+        self._opened = True
+        _observe.track(self)
+        self._evaluate()
+
+    def mark_closed(self, reason: str) -> None:
+        """The dict closes (or can no longer be used): say so to every listener."""
+        self.closed = reason
+        self._live = False
+        _observe.untrack(self)
+        self._evaluate()
+
+    def size(self) -> int:
+        """Keys in the cache (for gauges)."""
+        return dict.__len__(self.cache.data)
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -183,19 +257,42 @@ class Syncer:
                     self._pending = None
             return
 
+    def started_without_store(self, cause: BackendError, confirmed_wall: float | None) -> None:
+        """The dict opened on a snapshot (confirmed at ``confirmed_wall``) or on defaults (never
+        confirmed) because the store could not be reached: interrupted until the store answers."""
+        self._needs_start = True
+        self.cache.dirty = True
+        now_wall, now = time.time(), time.monotonic()
+        self.confirmed_wall = confirmed_wall if confirmed_wall is not None else 0.0
+        self._confirmed_at = now - (now_wall - confirmed_wall) if confirmed_wall is not None else -math.inf
+        self._failed(cause)
+
+    async def ensure_started(self, timeout: float | None = None) -> None:
+        """Prepare the store (``backend.start()``) if opening could not."""
+        if self._needs_start:
+            try:
+                await self.call(self.backend.start(), timeout or self.check_timeout, "start")
+            except BackendError as exc:
+                self._failed(exc)
+                raise
+            self._needs_start = False
+
     async def _check_once(self, timeout: float) -> None:
         cache = self.cache
         gaps = self._gaps
+        await self.ensure_started(timeout)
         for attempt in range(_ASKS + 1):
             asked = cache.version
             reload = not cache.loaded or cache.dirty or self._reload or attempt == _ASKS
             call = self.backend.load() if reload else self.backend.changes_since(asked)
             try:
-                delta = await self.call(call, timeout)
+                delta = await self.call(call, timeout, "load" if reload else "changes_since")
             except BackendError as exc:
                 self._failed(exc)
                 raise
             outcome = cache.apply(delta, asked=asked if cache.loaded else None)
+            if delta.full:
+                _observe.event(self.name, "reload")
             if outcome is Outcome.DIVERGED:
                 # The store's token at our version is not ours: it went back in time and moved on.
                 self._went_back(asked, delta.version)
@@ -209,6 +306,7 @@ class Syncer:
                 break
         self._gaps_filled = max(self._gaps_filled, gaps)
         self._confirm()
+        _observe.event(self.name, "sync")
         if not self.watch:
             self._set_connected(True)
 
@@ -240,16 +338,20 @@ class Syncer:
             self._gap()
         else:
             self._confirm()
+            if outcome is Outcome.APPLIED:
+                _observe.event(self.name, "notice")
 
     def _gap(self) -> None:
         self._gaps += 1
         self.resync.set()
+        _observe.event(self.name, "gap")
 
-    async def call(self, aw: Awaitable[T], timeout: float) -> T:
+    async def call(self, aw: Awaitable[T], timeout: float, operation: str = "call") -> T:
         """Await one backend call, bounded in time; a timeout or an ``OSError`` is ``BackendError``."""
         try:
-            async with asyncio.timeout(timeout):
-                return await aw
+            with _observe.span(self.name, operation):
+                async with asyncio.timeout(timeout):
+                    return await aw
         except DurableDictError:
             raise
         except TimeoutError as exc:
@@ -264,13 +366,22 @@ class Syncer:
             raise BackendError(str(failure)) from failure.__cause__
 
     def _failed(self, exc: BackendError) -> None:
+        now = time.monotonic()
         self._last_failure = exc
-        self._fail_until = time.monotonic() + min(1.0, self.heartbeat)
+        self._fail_until = now + min(1.0, self.heartbeat)
         self.error = str(exc)
         if not self.watch:
             self._set_connected(False, exc)
+        self._evaluate()
+        if self._down_since is None:
+            # Once per outage, at WARNING; the retries that follow are DEBUG.
+            self._down_since = now
+            log.warning("%s: the store is unreachable (%s); serving the last known values", self.name, exc)
+        else:
+            log.debug("%s: still unreachable: %s", self.name, exc)
 
     def _went_back(self, was: int, now: int) -> None:
+        _observe.event(self.name, "rewind")
         log.warning(
             "%s: the store's history is not the one the cache followed (version %d, now %d): it lost "
             "writes or was restored; reloading everything",
@@ -280,10 +391,13 @@ class Syncer:
         )
 
     def _confirm(self) -> None:
-        self._confirmed_at = time.monotonic()
+        now = self._confirmed_at = time.monotonic()
         self.confirmed_wall = time.time()
         self._fail_until = 0.0
         self._last_failure = None
+        if self._down_since is not None:
+            log.warning("%s: the store answers again, after %.1f s", self.name, now - self._down_since)
+            self._down_since = None
 
     def confirmed(self) -> None:
         """The store answered: the cache is as fresh as the last check (a failed open's first load)."""
@@ -293,6 +407,9 @@ class Syncer:
 
     def went_live(self) -> None:
         """The watcher follows the store (subscribed and caught up, or polled successfully)."""
+        if self._was_lost and self.watch:
+            _observe.event(self.name, "reconnect")
+        self._was_lost = False
         self._live = self.push is not None and self.watch
         self._set_connected(True)
 
@@ -302,10 +419,12 @@ class Syncer:
 
     def lost(self, error: BaseException) -> None:
         """The watcher lost the store; it retries."""
+        self._was_lost = True
         self._live = False
         self._set_connected(False, error)
 
     def _set_connected(self, connected: bool, error: BaseException | None = None) -> None:
+        before = (self.connected, self.error, self._live)
         if error is not None:
             self.error = f"{type(error).__name__}: {error}"
         elif connected:
@@ -313,95 +432,41 @@ class Syncer:
         if connected != self.connected:
             self.connected = connected
             self.since = time.time()
+        if (self.connected, self.error, self._live) != before or self.board.state is Health.INITIALIZING:
+            self._evaluate()
 
     # -- the watcher's lifetime --------------------------------------------------------------------
 
     @property
     def watching(self) -> bool:
         """The watcher task runs."""
-        return self._task is not None and not self._task.done()
+        return self._watcher.running
 
     def start_watcher(self) -> None:
         """Start the watcher task (its own asyncio task, so that open and close may be other tasks)."""
-        self._stopping = False
-        backoff = Backoff(cap=max(1.0, min(5.0, self.heartbeat * 2)))
-        self._task = asyncio.get_running_loop().create_task(
-            self._watch(backoff), name=f"aiodurabledict watcher {self.name}"
-        )
-
-    async def _watch(self, backoff: Backoff) -> None:
-        try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                await watch(
-                    self,
-                    self.push,
-                    heartbeat=self.check_interval,
-                    poll_interval=self.poll_interval,
-                    backoff=backoff,
-                )
-        except asyncio.CancelledError:
-            if not self._stopping:
-                # Cancelled by somebody else: the event loop is shutting down under an open dict.
-                self._orphan()
-            raise
-        finally:
-            self._live = False
-            self._set_connected(False)
+        self._watcher.start()
 
     async def stop_watcher(self) -> None:
-        """Stop the watcher and wait for it. anyio's cancel scope cancels again at every await, so
-        a client library that swallows a cancellation cannot keep the watcher running."""
-        task, self._task = self._task, None
-        self._stopping = True
+        """Stop the watcher and wait for it."""
         self._live = False
-        if task is None:
-            return
-        if self._scope is not None:
-            self._scope.cancel()
-        else:
-            task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=10.0)
-        if not done:
-            log.warning("%s: the watcher did not stop within 10 s; leaving it behind", self.name)
-        elif not task.cancelled() and task.exception() is not None:
-            log.debug("%s: the watcher ended with %s", self.name, describe(task.exception()))
+        await self._watcher.stop()
 
     def abandon(self) -> None:
         """The dict was collected while open: stop the watcher and release the backend, unawaited."""
-        task = self._task
-        if task is None or task.done():
-            return
-        loop = task.get_loop()
-        if loop.is_closed():
-            return
-        self._stopping = True
-        scope = self._scope
+        self._watcher.abandon(self.backend)
 
-        def stop() -> None:
-            if scope is not None:
-                scope.cancel()
-            else:
-                task.cancel()
-            aclose = self.backend.aclose()
-            closing = loop.create_task(_quietly(aclose), name=f"aiodurabledict release {self.name}")
-            _releasing.add(closing)
-            closing.add_done_callback(_releasing.discard)
+    def watcher_ended(self) -> None:
+        """The watcher task ended, for whatever reason."""
+        self._live = False
+        self._set_connected(False)
 
-        loop.call_soon_threadsafe(stop)
-
-    def _orphan(self) -> None:
+    def orphan(self) -> None:
+        """The watcher was cancelled by somebody else: the event loop ends under an open dict."""
         self.orphaned = True
-        self.closed = OrphanedEntries.reason
+        self.mark_closed(OrphanedEntries.reason)
         self.cache.data.__class__ = OrphanedEntries
-
-
-_releasing: set[asyncio.Task[None]] = set()
-
-
-async def _quietly(aw: Awaitable[None]) -> None:
-    try:
-        async with asyncio.timeout(10.0):
-            await aw
-    except Exception as exc:  # noqa: BLE001 - releasing an abandoned dict is best effort
-        log.debug("releasing an abandoned dict failed: %s", describe(exc))
+        warnings.warn(
+            f"{self.name} was never closed: its event loop ended while it was open",
+            ResourceWarning,
+            stacklevel=1,
+        )

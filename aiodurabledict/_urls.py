@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ._codecs import JSONCodec, RawCodec
-from ._types import DEFAULT_KEYSPACE
+from ._types import DEFAULT_KEYSPACE, DictOptions
 
 if TYPE_CHECKING:
     from ._dict import AsyncDurableDict
@@ -30,7 +31,9 @@ __all__ = [
     "open_dict",
     "optional_seconds",
     "redact",
+    "scrub",
     "seconds",
+    "secrets_in",
 ]
 
 Factory = Callable[[dict[str, Any]], "AsyncDurableDict[Any]"]
@@ -100,24 +103,70 @@ COMMON: Mapping[str, Callable[[str], Any]] = {
 }
 
 
+# Query options whose values are credentials, whatever their spelling (?PASSWORD=, ?ssl_password=...).
+_SECRET_OPTION = re.compile(r"(?i)([^=&;?#]*(?:pass|pwd|secret|token|auth|credential)[^=&;#]*=)([^&;#]*)")
+
+
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
+    """``(userinfo, the rest after it)`` of what follows ``scheme://``.
+
+    A generated password often holds ``/``, ``?``, ``#`` or ``@`` unencoded, which standard parsing
+    reads as the path, query or fragment. So the userinfo is taken to run to the LAST ``@`` whenever
+    what precedes it holds a ``:`` (``user:password``): masking too much is safe, too little is not.
+    """
+    if rest.startswith("/") or "@" not in rest:
+        return None, rest
+    userinfo, _, after = rest.rpartition("@")
+    if ":" not in userinfo and any(c in userinfo for c in "/?#"):
+        # An @ further on (a query value) with no user:password before it.
+        return None, rest
+    return userinfo, after
+
+
 def redact(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password=`` option) replaced by ``***``."""
+    """``url`` with every credential masked: the password (all of it, even unencoded ``/?#@`` in it)
+    and the value of any option named like a credential (``password``, ``ssl_password``, ``token``...).
+    The fragment is dropped; a URL that cannot be parsed is not shown at all."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<unparsable URL>" if "@" in url or not url.strip() else url
+    userinfo, after = _split_userinfo(rest)
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        if any(c in user for c in "/?#") or (not colon and any(c in userinfo for c in "/?#")):
+            shown = "***"
+        else:
+            shown = f"{user}:***" if colon else user
+        rest = f"{shown}@{after}"
+    rest = rest.partition("#")[0]
+    head, q, query = rest.partition("?")
+    if q:
+        rest = head + "?" + _SECRET_OPTION.sub(lambda m: m.group(1) + "***", query)
+    shown_url = f"{scheme}://{rest}"
     try:
-        parts = urlsplit(url)
+        urlsplit(shown_url)
     except ValueError:
         return "<unparsable URL>"
-    netloc, query = parts.netloc, parts.query
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    if "password=" in query:
-        query = "&".join(
-            f"{name}=***" if name == "password" else item
-            for item in query.split("&")
-            for name in [item.partition("=")[0]]
-        )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return join(parts.scheme, netloc, parts.path, query) + (f"#{parts.fragment}" if parts.fragment else "")
+    return shown_url
+
+
+def secrets_in(url: str) -> list[str]:
+    """The credentials ``url`` holds, as written and percent-decoded: text that no message may show."""
+    found: list[str] = []
+    _, sep, rest = url.partition("://")
+    userinfo, _ = _split_userinfo(rest) if sep else (None, rest)
+    if userinfo is not None and ":" in userinfo:
+        found.append(userinfo.partition(":")[2])
+    found += [m.group(2) for m in _SECRET_OPTION.finditer(rest.partition("?")[2])]
+    found += [unquote(s) for s in found]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every credential of ``url`` replaced by ``***`` (for messages from elsewhere)."""
+    for secret in secrets_in(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def join(scheme: str, netloc: str, path: str, query: str) -> str:
@@ -187,8 +236,19 @@ def parse(url: str) -> tuple[StoreURL, dict[str, Any]]:
             # Touch the port now: urlsplit parses it lazily and raises on a bad one. (A list of
             # servers, h1:p1,h2:p2, is the opener's to check.)
             _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"malformed store URL {redact(url)!r}: {exc}") from None
+    except ValueError:
+        # Not shown, nor the parser's reason: both may quote part of a password.
+        raise ValueError(
+            "malformed store URL (not shown: it may hold a credential); a password holding "
+            "/ ? # or @ must be percent-encoded (%2F %3F %23 %40)"
+        ) from None
+    userinfo, _ = _split_userinfo(url.strip().partition("://")[2])
+    if userinfo is not None and not parts.netloc.startswith(userinfo + "@"):
+        # The password holds / ? # or @: standard parsing would take part of it for the path.
+        raise ValueError(
+            f"malformed store URL {redact(url)!r}: its password holds / ? # or @, which must be "
+            "percent-encoded (%2F %3F %23 %40)"
+        )
     scheme = parts.scheme.lower()
     if scheme not in _OPENERS:
         given = f"{scheme}://" if scheme else "no scheme"
@@ -208,7 +268,7 @@ def parse(url: str) -> tuple[StoreURL, dict[str, Any]]:
     return store_url, store_url.take(COMMON)
 
 
-def open_dict(url: str, **opts: Any) -> AsyncDurableDict[Any]:
+def open_dict(url: str, **opts: Unpack[DictOptions]) -> AsyncDurableDict[Any]:
     """An unopened dict on the store ``url`` names; it owns, and closes, the client it makes.
 
     Schemes: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS),

@@ -8,6 +8,7 @@ failures are reported to the syncer and retried with jittered, capped backoff.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
-    from ._backend import PushBackend
+    from ._backend import Backend, PushBackend
     from ._sync import Syncer
 
-__all__ = ["Backoff", "SubscriptionEndedError", "describe", "first_error", "watch"]
+__all__ = ["Backoff", "SubscriptionEndedError", "WatcherTask", "describe", "first_error", "watch"]
 
 log = logging.getLogger("aiodurabledict")
 
@@ -55,6 +56,7 @@ async def watch(
     """Run until cancelled: follow ``push`` (the backend, when it pushes) or poll."""
     while True:
         try:
+            await syncer.ensure_started()
             if push is None:
                 await _poll(syncer, poll_interval, backoff)
             else:
@@ -62,7 +64,9 @@ async def watch(
         except Exception as exc:  # noqa: BLE001 - the watcher must never die; it reports and retries
             syncer.lost(first_error(exc))
             delay = backoff.next()
-            log.info("%s: watcher lost the store (%s); retrying in %.2f s", syncer.name, describe(exc), delay)
+            log.debug(
+                "%s: the watcher lost the store (%s); again in %.2f s", syncer.name, describe(exc), delay
+            )
             if push is not None:
                 await _check_meanwhile(syncer)
             await anyio.sleep(delay)
@@ -125,3 +129,98 @@ def describe(exc: BaseException | None) -> str:
     """``Type: message`` of what actually went wrong (never a value)."""
     leaf = first_error(exc) if exc is not None else None
     return "nothing" if leaf is None else f"{type(leaf).__name__}: {leaf}"
+
+
+class WatcherTask:
+    """The watcher's own asyncio task (so that ``open()`` and ``aclose()`` may run in other tasks),
+    stopped through an anyio cancel scope: it cancels again at every await, so a client library that
+    swallows a cancellation cannot keep the watcher running. Holds the syncer, never the dict."""
+
+    def __init__(self, syncer: Syncer) -> None:
+        self._syncer = syncer
+        self._task: asyncio.Task[None] | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """The task runs."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start following the store."""
+        syncer = self._syncer
+        self._stopping = False
+        backoff = Backoff(cap=max(1.0, min(5.0, syncer.heartbeat * 2)))
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(backoff), name=f"aiodurabledict watcher {syncer.name}"
+        )
+
+    async def _run(self, backoff: Backoff) -> None:
+        syncer = self._syncer
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                await watch(
+                    syncer,
+                    syncer.push,
+                    heartbeat=syncer.check_interval,
+                    poll_interval=syncer.poll_interval,
+                    backoff=backoff,
+                )
+        except asyncio.CancelledError:
+            if not self._stopping:
+                # Cancelled by somebody else: the event loop is shutting down under an open dict.
+                syncer.orphan()
+            raise
+        finally:
+            syncer.watcher_ended()
+
+    async def stop(self) -> None:
+        """Stop the task and wait for it (10 s at most; it is then left behind, with a warning)."""
+        task, self._task = self._task, None
+        self._stopping = True
+        if task is None:
+            return
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10.0)
+        if not done:
+            log.warning("%s: the watcher did not stop within 10 s; leaving it behind", self._syncer.name)
+        elif not task.cancelled() and task.exception() is not None:
+            log.debug("%s: the watcher ended with %s", self._syncer.name, describe(task.exception()))
+
+    def abandon(self, backend: Backend) -> None:
+        """Stop the task and release ``backend``, without waiting (from a finaliser, any thread)."""
+        task = self._task
+        if task is None or task.done():
+            return
+        loop = task.get_loop()
+        if loop.is_closed():
+            return
+        self._stopping = True
+        scope, name = self._scope, self._syncer.name
+
+        def stop() -> None:
+            if scope is not None:
+                scope.cancel()
+            else:
+                task.cancel()
+            closing = loop.create_task(_release(backend), name=f"aiodurabledict release {name}")
+            _releasing.add(closing)
+            closing.add_done_callback(_releasing.discard)
+
+        loop.call_soon_threadsafe(stop)
+
+
+_releasing: set[asyncio.Task[None]] = set()
+
+
+async def _release(backend: Backend) -> None:
+    try:
+        async with asyncio.timeout(10.0):
+            await backend.aclose()
+    except Exception as exc:  # noqa: BLE001 - releasing an abandoned dict is best effort
+        log.debug("releasing an abandoned dict failed: %s", describe(exc))

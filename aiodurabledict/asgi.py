@@ -1,32 +1,38 @@
 """ASGI integration: fresh dicts on every request, opened and closed with the application.
 
-- ``SyncMiddleware`` syncs the dicts at the start of each HTTP and WebSocket request (free while a
-  watcher is live; one shared round trip for all concurrent requests without one). When the store
-  is down, requests run on the last known values; past a dict's ``max_staleness`` they get a 503.
-  It also opens the dicts at lifespan startup and closes them at shutdown, so that each worker
-  process opens its own after the fork.
-- ``open_all``, ``follow_changes`` and ``lifespan`` do the same for frameworks' ``lifespan=`` hooks.
+``SyncMiddleware`` syncs the dicts at the start of each HTTP and WebSocket request (free while a push
+watcher is live; one shared round trip for all concurrent requests otherwise), never for longer than
+``sync_timeout``. When the store is down, requests run on the last known values; past a dict's
+``max_staleness`` they get a 503. It also opens the dicts at lifespan startup and closes them at
+shutdown, so that each worker process opens its own after the fork.
 
 Pure ASGI, no framework needed: it works under Starlette, FastAPI, Quart, Litestar or a bare app.
+(``open_all``, ``follow_changes`` and ``lifespan`` live in ``aiodurabledict.lifespan``; they are
+importable from here too.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
 from ._dict import AsyncDurableDict
-from ._types import Change
+from ._types import Health
 from .errors import BackendError, StaleError
+from .lifespan import ChangeCallback, close_each, follow_changes, lifespan, open_all, open_each
 
-__all__ = ["ChangeCallback", "SyncMiddleware", "follow_changes", "lifespan", "open_all"]
-
-V = TypeVar("V")
+__all__ = [
+    "ChangeCallback",
+    "SyncMiddleware",
+    "follow_changes",
+    "lifespan",
+    "open_all",
+    "sync_for_request",
+    "sync_within",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,10 +40,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ChangeCallback = Callable[[Change[V]], Awaitable[None] | None]
-"""Called with each change; may be a plain function or a coroutine function."""
-
-log = logging.getLogger("aiodurabledict")
+log: logging.Logger = logging.getLogger("aiodurabledict")
 
 # The scope key under which the middleware records which dicts it synced for this request, so that
 # a dependency further in (``aiodurabledict.fastapi.settings_view``) does not sync them again.
@@ -56,10 +59,17 @@ class SyncMiddleware:
       being filled) is checked: the request sees every change committed before it began, for one
       round trip shared by the requests waiting on it.
     - ``strict=True``: every dict is checked for every request (read-after-commit per request).
+    - ``sync_timeout`` (seconds, default 0.25): a request never waits longer for its checks. When
+      they have not answered by then (a frozen store), it runs on the cached values, or gets the
+      503 below if a dict is past its ``max_staleness``; the checks go on in the background.
     - Store unreachable: the request runs on the last known values (logged at debug level).
-    - A dict's ``max_staleness`` passed: HTTP answers 503 with a JSON body; a WebSocket is refused
-      with a 503 where the server supports ASGI's ``websocket.http.response``, else accepted and
-      closed at once with code 1013 (try again later). The application is not called.
+    - A dict's ``max_staleness`` passed: HTTP answers 503 with a JSON body (or ``stale_response``,
+      an ASGI app of your own); a WebSocket is refused with a 503 where the server supports ASGI's
+      ``websocket.http.response``, else accepted and closed at once with code 1013 (try again
+      later). The application is not called.
+    - ``exclude_paths``: requests to these paths (or below them: ``/health`` covers
+      ``/health/live``) are passed through without a check and never refused (health checks,
+      metrics, docs).
     - ``lifespan=True`` (default): open the dicts at startup (before the app's own startup runs, so
       it can use them) and close them after the app's shutdown. A dict that fails to open fails the
       startup. Needs a server that runs the lifespan protocol (uvicorn, hypercorn, granian do).
@@ -77,26 +87,34 @@ class SyncMiddleware:
         *,
         lifespan: bool = True,
         strict: bool = False,
+        sync_timeout: float | None = 0.25,
+        exclude_paths: Iterable[str] = (),
+        stale_response: ASGIApp | None = None,
     ) -> None:
         self.app = app
-        self.dicts = tuple(dicts)
+        self.dicts: tuple[AsyncDurableDict[Any], ...] = tuple(dicts)
         if not self.dicts:
             raise ValueError("SyncMiddleware needs at least one dict")
+        if sync_timeout is not None and not sync_timeout > 0:
+            raise ValueError(f"sync_timeout must be positive or None, not {sync_timeout!r}")
         self.lifespan = lifespan
         self.strict = strict
+        self.sync_timeout = sync_timeout
+        self.exclude_paths: tuple[str, ...] = tuple(p.rstrip("/") or "/" for p in exclude_paths)
+        self.stale_response = stale_response
         self._ids = frozenset(map(id, self.dicts))
         self._stale_reported = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" or kind == "websocket":
+        if (kind == "http" or kind == "websocket") and not self._excluded(scope.get("path", "")):
             stale = await self._sync()
             if stale is None:
                 # Stacked middlewares add up: a dependency further in skips every dict synced here.
                 scope[SYNCED_SCOPE_KEY] = scope.get(SYNCED_SCOPE_KEY, frozenset()) | self._ids
                 await self.app(scope, receive, send)
             elif kind == "http":
-                await _refuse_http(send)
+                await (self.stale_response or _refuse_http)(scope, receive, send)
             else:
                 await _refuse_websocket(scope, receive, send)
         elif kind == "lifespan" and self.lifespan:
@@ -104,20 +122,16 @@ class SyncMiddleware:
         else:
             await self.app(scope, receive, send)
 
+    def _excluded(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") or p == "/" for p in self.exclude_paths)
+
     async def _sync(self) -> StaleError | None:
         """Sync every dict; a ``StaleError``, or ``None`` to go on.
 
-        Dicts that need no check are passed at once; those that need the store are checked together.
+        Dicts that need no check are passed at once; those that need the store are checked together,
+        for ``sync_timeout`` at most.
         """
-        strict = self.strict
-        waiting = [d for d in self.dicts if strict or not d.live]
-        if not waiting:
-            outcomes: list[StaleError | None] = []
-        elif len(waiting) == 1:
-            outcomes = [await sync_for_request(waiting[0], strict=strict)]
-        else:
-            outcomes = await asyncio.gather(*(sync_for_request(d, strict=strict) for d in waiting))
-        stale = next((s for s in outcomes if s is not None), None)
+        stale = await sync_within(self.dicts, strict=self.strict, timeout=self.sync_timeout)
         if stale is None:
             self._stale_reported = False
         elif not self._stale_reported:
@@ -128,7 +142,7 @@ class SyncMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup = await receive()
         try:
-            await _open_each(self.dicts)
+            await open_each(self.dicts)
         except Exception as exc:  # noqa: BLE001 - any failure to open fails the startup, with its reason
             await send({"type": "lifespan.startup.failed", "message": f"cannot open a dict: {exc}"})
             return
@@ -139,7 +153,7 @@ class SyncMiddleware:
             nonlocal closed
             if not closed:
                 closed = True
-                await _close_each(self.dicts)
+                await close_each(self.dicts)
 
         async def app_receive() -> Message:
             nonlocal replayed
@@ -192,7 +206,52 @@ async def sync_for_request(d: AsyncDurableDict[Any], *, strict: bool = False) ->
     return None
 
 
-async def _refuse_http(send: Send) -> None:
+# Checks a request stopped waiting for, kept until they end (so that they are not collected).
+_behind: set[asyncio.Future[list[StaleError | None]]] = set()
+
+
+async def sync_within(
+    dicts: Iterable[AsyncDurableDict[Any]], *, strict: bool = False, timeout: float | None = 0.25
+) -> StaleError | None:
+    """Sync ``dicts`` for a request, waiting ``timeout`` seconds at most: ``None`` to go on (on
+    cached values if the store is slow or down), or the ``StaleError`` that must refuse it.
+
+    Dicts that need no check (live, unless ``strict``) pass at once; the others are checked
+    together. Checks that have not answered in time go on in the background.
+    """
+    waiting = [d for d in dicts if strict or not d.live]
+    if not waiting:
+        return None
+    if timeout is None:
+        outcomes = await _sync_all(waiting, strict)
+    else:
+        checks = asyncio.ensure_future(_sync_all(waiting, strict))
+        done, _ = await asyncio.wait({checks}, timeout=timeout)
+        if done:
+            outcomes = checks.result()
+        else:
+            # Not answered in time: the request goes on as the dicts' staleness says.
+            _behind.add(checks)
+            checks.add_done_callback(_behind.discard)
+            outcomes = [_stale_now(d) for d in waiting]
+    return next((s for s in outcomes if s is not None), None)
+
+
+async def _sync_all(dicts: list[AsyncDurableDict[Any]], strict: bool) -> list[StaleError | None]:
+    if len(dicts) == 1:
+        return [await sync_for_request(dicts[0], strict=strict)]
+    return list(await asyncio.gather(*(sync_for_request(d, strict=strict) for d in dicts)))
+
+
+def _stale_now(d: AsyncDurableDict[Any]) -> StaleError | None:
+    """The ``StaleError`` a request must get from ``d`` now, without waiting for the store."""
+    status = d.status
+    if status.state is Health.STALE:
+        return StaleError(f"the cache has gone unconfirmed past max_staleness: {status.error}")
+    return None
+
+
+async def _refuse_http(_scope: Scope, _receive: Receive, send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -227,104 +286,3 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await send(
         {"type": "websocket.close", "code": WEBSOCKET_TRY_AGAIN_LATER, "reason": "settings unavailable"}
     )
-
-
-async def _open_each(dicts: Iterable[AsyncDurableDict[Any]]) -> None:
-    """Open every dict, or none: those already opened are closed again if one fails."""
-    opened: list[AsyncDurableDict[Any]] = []
-    try:
-        for d in dicts:
-            await d.open()
-            opened.append(d)
-    except BaseException:
-        await _close_each(opened)
-        raise
-
-
-async def _close_each(dicts: Iterable[AsyncDurableDict[Any]]) -> None:
-    """Close every dict, in reverse order; one failing to close does not keep the others open."""
-    for d in reversed(tuple(dicts)):
-        try:
-            await d.aclose()
-        except Exception:
-            log.warning("closing %r failed", d, exc_info=True)
-
-
-@asynccontextmanager
-async def open_all(*dicts: AsyncDurableDict[Any]) -> AsyncIterator[None]:
-    """Open every dict (all or none) for the duration of the ``async with``; close them after."""
-    await _open_each(dicts)
-    try:
-        yield
-    finally:
-        await _close_each(dicts)
-
-
-@asynccontextmanager
-async def follow_changes(
-    d: AsyncDurableDict[V], callback: ChangeCallback[V], *, name: str | None = None
-) -> AsyncIterator[asyncio.Task[None]]:
-    """Call ``callback`` with every change ``d`` applies, in a background task, while in the block.
-
-    Changes are those applied after entering (entered before ``d`` opens, the first load's entries
-    arrive as changes from ``MISSING``). An exception from the callback is logged with its traceback
-    and the key, never the value, and the next change is delivered as usual. The task ends when the
-    block exits or the dict closes.
-
-    Usage::
-
-        def apply_level(change: Change[str]) -> None:
-            logging.getLogger(change.key).setLevel(change.new or logging.NOTSET)
-
-        async with follow_changes(levels, apply_level):
-            ...
-    """
-    label = name or str(getattr(callback, "__qualname__", repr(callback)))
-    # Subscribing happens here, synchronously: nothing applied after this line is missed.
-    stream = d.changes()
-    task = asyncio.create_task(_deliver(stream, callback, label), name=f"aiodurabledict follower {label}")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def _deliver(stream: AsyncIterator[Change[V]], callback: ChangeCallback[V], label: str) -> None:
-    async for change in stream:
-        try:
-            result = callback(change)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("change callback %s failed on key %r", label, change.key)
-
-
-def lifespan(
-    *dicts: AsyncDurableDict[Any],
-    followers: Iterable[tuple[AsyncDurableDict[Any], ChangeCallback[Any]]] = (),
-) -> Callable[[Any], AbstractAsyncContextManager[None]]:
-    """A ``lifespan=`` function for FastAPI and Starlette: open ``dicts`` at startup, close at shutdown.
-
-    ``followers`` pairs a dict with a callback run by ``follow_changes``; they start before the dicts
-    open, so a callback also sees the entries of the first load. Each worker process runs its own
-    lifespan, so each opens its own dicts after the fork.
-
-    Usage::
-
-        app = FastAPI(lifespan=lifespan(settings, followers=[(levels, apply_level)]))
-    """
-    pairs = tuple(followers)
-
-    @asynccontextmanager
-    async def run(app: Any) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            for d, callback in pairs:
-                await stack.enter_async_context(follow_changes(d, callback))
-            await stack.enter_async_context(open_all(*dicts))
-            yield
-
-    return run

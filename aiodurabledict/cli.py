@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -89,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = _explain(exc)
         if args.debug:
             logging.getLogger("aiodurabledict").exception("failed")
+        # Whatever a client library put in its message, no credential of the URLs given is shown.
+        for url in (getattr(args, name, None) for name in ("url", "src", "dst")):
+            if isinstance(url, str):
+                message = _urls.scrub(message, url)
         _print(f"aiodurabledict: error: {message}", err=True)
         return code
     return EXIT_OK
@@ -202,8 +207,30 @@ def _open(url: str, args: argparse.Namespace, **opts: Any) -> AsyncDurableDict[A
         raise _UsageError(str(exc)) from exc
 
 
+# Characters JSON leaves raw (DEL and the C1 controls, ESC's 8-bit twin CSI among them) that a
+# terminal would obey: written as \u escapes, which keeps the JSON valid and the terminal safe.
+_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def _dumps(value: Any, **kw: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, **kw)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, **kw)
+    return _RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _shown(text: str) -> str:
+    """``text`` for a terminal table: control and invisible characters escaped, never obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _UsageError(f"{what} is nested too deeply to be read as JSON") from None
+    except ValueError as exc:
+        raise _UsageError(f"{what} is not valid JSON ({exc})") from None
 
 
 def _warn_undecodable(d: AsyncDurableDict[Any]) -> None:
@@ -231,9 +258,9 @@ async def _set(args: argparse.Namespace) -> None:
         value = args.value
     else:
         try:
-            value = json.loads(args.value)
-        except ValueError as exc:
-            raise _UsageError(f"VALUE is not valid JSON ({exc}); add --str to store it as a string") from None
+            value = _loads(args.value, "VALUE")
+        except _UsageError as exc:
+            raise _UsageError(f"{exc}; add --str to store it as a string") from None
     async with _open(args.url, args) as d:
         await d.set(args.key, value)
 
@@ -253,7 +280,7 @@ async def _list(args: argparse.Namespace) -> None:
     if args.json:
         _print(_dumps(entries, sort_keys=True))
         return
-    rows = [(key, _dumps(entries[key])) for key in sorted(entries)]
+    rows = [(_shown(key), _shown(_dumps(entries[key]))) for key in sorted(entries)]
     width = min(max((len(key) for key, _ in rows), default=0), 40)
     for key, value in rows:
         _print(f"{key:<{width}}  {value}")
@@ -268,10 +295,7 @@ async def _dump(args: argparse.Namespace) -> None:
 
 async def _load(args: argparse.Namespace) -> None:
     text = _read(args.file)
-    try:
-        entries = json.loads(text)
-    except ValueError as exc:
-        raise _UsageError(f"the input is not valid JSON: {exc}") from None
+    entries = _loads(text, "the input")
     if not isinstance(entries, dict):
         raise _UsageError(
             f"the input must be a JSON object of key: value, not a JSON {type(entries).__name__}"

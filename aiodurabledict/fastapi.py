@@ -16,8 +16,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from fastapi import HTTPException
-from starlette.requests import HTTPConnection
+try:
+    from fastapi import HTTPException
+    from starlette.requests import HTTPConnection
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"aiodurabledict.fastapi needs FastAPI (missing module {exc.name!r}): pip install 'aiodurabledict[fastapi]'",
+        name=exc.name,
+    ) from exc
 
 from ._dict import AsyncDurableDict
 from .asgi import (
@@ -28,7 +34,7 @@ from .asgi import (
     follow_changes,
     lifespan,
     open_all,
-    sync_for_request,
+    sync_within,
 )
 
 __all__ = ["ChangeCallback", "SyncMiddleware", "follow_changes", "lifespan", "open_all", "settings_view"]
@@ -37,20 +43,21 @@ V = TypeVar("V")
 
 
 def settings_view(
-    d: AsyncDurableDict[V], *, strict: bool = False
+    d: AsyncDurableDict[V], *, strict: bool = False, sync_timeout: float | None = 0.25
 ) -> Callable[[HTTPConnection], Awaitable[Mapping[str, V]]]:
     """A dependency giving the handler ``d``'s live, read-only view, synced for this request.
 
     The sync is skipped when ``SyncMiddleware`` already synced ``d`` for the request. Otherwise it
     costs nothing while ``d`` is followed live by a push watcher (``strict=False``, the default) and
-    one round trip, shared by concurrent requests, in any other case or with ``strict=True``. With
-    the store unreachable the handler gets the last known values; past ``max_staleness`` the request
-    fails with HTTP 503. Works in HTTP and WebSocket routes.
+    one round trip, shared by concurrent requests, in any other case or with ``strict=True``; never
+    longer than ``sync_timeout`` seconds. With the store unreachable or slow the handler gets the
+    last known values; past ``max_staleness`` the request fails with HTTP 503. Works in HTTP and
+    WebSocket routes.
     """
 
     async def dependency(connection: HTTPConnection) -> Mapping[str, V]:
         if id(d) not in connection.scope.get(SYNCED_SCOPE_KEY, ()):
-            stale = await sync_for_request(d, strict=strict)
+            stale = await sync_within((d,), strict=strict, timeout=sync_timeout)
             if stale is not None:
                 raise HTTPException(
                     status_code=503, detail=STALE_DETAIL, headers={"Retry-After": "1"}

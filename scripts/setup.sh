@@ -4,7 +4,8 @@
 # Usage: scripts/setup.sh
 #   Creates .venv with the first Python >= 3.11 found (override with PYTHON=/path/to/python) unless it
 #   exists, upgrades pip in it, then installs `-e .` with the `dev` dependency group.
-#   Safe to run again: it only installs what changed.
+#   With AIODURABLEDICT_WHEEL=dist/*.whl it installs that built wheel (with every extra) instead of
+#   the checkout, so that CI tests what it ships. Safe to run again: it only installs what changed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,7 +56,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 # `pip install --group` needs pip >= 25.1.
 "$PY" -m pip install -q --upgrade 'pip>=25.1' || die "could not upgrade pip in .venv"
 
-if "$PY" -m pip install --help 2>/dev/null | grep -q -- '--group'; then
+if [[ -n "${AIODURABLEDICT_WHEEL:-}" ]]; then
+    # A built wheel instead of the checkout (CI tests what it ships); the dev group's tools beside it.
+    wheel=( $AIODURABLEDICT_WHEEL )
+    [[ -f "${wheel[0]}" ]] || die "AIODURABLEDICT_WHEEL names no file: $AIODURABLEDICT_WHEEL"
+    "$PY" -m pip install -q "${wheel[0]}[all]" --group dev || die "pip install of ${wheel[0]} failed"
+elif "$PY" -m pip install --help 2>/dev/null | grep -q -- '--group'; then
     "$PY" -m pip install -q -e . --group dev || die "pip install -e . --group dev failed"
 else
     # An old pip that could not be upgraded (e.g. offline with a pinned index): read the group ourselves.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -372,8 +374,10 @@ def test_public_surface() -> None:
         "Codec",
         "DecodeError",
         "Delta",
+        "DictOptions",
         "DurableDictError",
         "EncodeError",
+        "Health",
         "InvalidKeyError",
         "JSONCodec",
         "MemoryDict",
@@ -397,3 +401,24 @@ def test_public_surface() -> None:
         assert getattr(aiodurabledict, name) is not None, name
     assert issubclass(aiodurabledict.StaleError, aiodurabledict.BackendError)
     assert sys.modules["aiodurabledict"].__version__
+
+
+async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A long outage writes one WARNING with its cause and one on recovery with its length; the
+    retries in between are DEBUG; every line names the dict."""
+    store = MemoryStore()
+    async with MemoryDict(store, heartbeat=0.05) as d:
+        await eventually(lambda: d.live)
+        with caplog.at_level(logging.DEBUG, logger="aiodurabledict"):
+            store.failing = True
+            await asyncio.sleep(1.0)
+            store.failing = False
+            await eventually(lambda: d.live, within=5)
+    records = [r for r in caplog.records if r.name == "aiodurabledict"]
+    warnings_ = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings_) == 2, warnings_
+    assert "unreachable" in warnings_[0]
+    assert "failing" in warnings_[0]
+    assert re.search(r"again, after \d+\.\d s", warnings_[1])
+    assert sum(r.levelno == logging.DEBUG for r in records) >= 3
+    assert all("MemoryDict(MemoryBackend(" in r.getMessage() for r in records)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aiodurabledict import MISSING, AsyncDurableDict, Change, MemoryDict, Missing
+from aiodurabledict import MISSING, AsyncDurableDict, Change, MemoryDict, Missing, RawCodec
 
 
 async def unannotated() -> None:
@@ -35,3 +35,14 @@ async def typed(d: AsyncDurableDict[int]) -> int:
 
 def describe(change: Change[int]) -> str:
     return f"{change.key}: {change.old!r} -> {change.new!r} at {change.version}"
+
+
+def misspelt_options_do_not_type_check() -> None:
+    # Options are typed: a misspelt or mistyped one is an error (the ignores must stay needed).
+    MemoryDict(hearbeat=1.0)  # type: ignore[call-arg]
+    MemoryDict(heartbeat="1")  # type: ignore[arg-type]
+    MemoryDict(heartbeat=1.0, max_staleness=None, codec=RawCodec())
+
+
+async def compare_and_set(d: AsyncDurableDict[int]) -> bool:
+    return await d.compare_and_set("k", MISSING, 1) and await d.compare_and_set("k", 1, MISSING)

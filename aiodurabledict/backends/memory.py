@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Unpack
 
 from .._backend import Delta, new_token
 from .._dict import AsyncDurableDict, V
+from .._types import DictOptions
 
 __all__ = ["MemoryBackend", "MemoryDict", "MemoryStore", "MemoryStoreError"]
 
@@ -37,16 +38,16 @@ class MemoryStore:
 
     def __init__(self, *, log_limit: int = 10_000) -> None:
         self.items: dict[str, bytes] = {}
-        self.version = 0
+        self.version: int = 0
         self.token: str | None = None
         #: Commit tokens by version, as far back as the log reaches.
         self.history: dict[int, str] = {}
         self.log: dict[str, int] = {}
-        self.horizon = 0
-        self.log_limit = log_limit
-        self.round_trips = 0
-        self.drop_notices = False
-        self.latency = 0.0
+        self.horizon: int = 0
+        self.log_limit: int = log_limit
+        self.round_trips: int = 0
+        self.drop_notices: bool = False
+        self.latency: float = 0.0
         self._failing = False
         self._frozen = False
         self._thawed: asyncio.Event | None = None
@@ -142,7 +143,7 @@ class MemoryBackend:
     poll_interval: float | None = None
 
     def __init__(self, store: MemoryStore | None = None) -> None:
-        self.store = store if store is not None else MemoryStore()
+        self.store: MemoryStore = store if store is not None else MemoryStore()
 
     def __repr__(self) -> str:
         return f"MemoryBackend(0x{id(self.store):x})"
@@ -242,7 +243,7 @@ class MemoryDict(AsyncDurableDict[V]):
     For tests and for applications that want the dict's behaviour without a server.
     """
 
-    def __init__(self, store: MemoryStore | None = None, **opts: Any) -> None:
+    def __init__(self, store: MemoryStore | None = None, **opts: Unpack[DictOptions]) -> None:
         super().__init__(MemoryBackend(store), **opts)
 
     @property

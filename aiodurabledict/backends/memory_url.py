@@ -9,9 +9,14 @@ from .._types import DEFAULT_KEYSPACE
 from .._urls import Factory, StoreURL
 from .memory import MemoryDict, MemoryStore
 
-__all__ = ["open_url"]
+__all__ = ["open_url", "reset_stores"]
 
 _stores: dict[str, MemoryStore] = {}
+
+
+def reset_stores() -> None:
+    """Forget every ``memory://NAME`` store of the process: the next URL of a name starts empty."""
+    _stores.clear()
 
 
 def open_url(url: StoreURL) -> Factory:

@@ -389,7 +389,7 @@ class DictConformance:
             async def bump(d: AsyncDurableDict[Any]) -> None:
                 for _ in range(5):
                     while True:
-                        current = await d.get("n")
+                        current = await d.get("n", 0)
                         if await d.compare_and_set("n", current, current + 1):
                             break
 

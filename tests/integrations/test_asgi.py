@@ -15,6 +15,7 @@ import pytest
 from aiodurabledict import MISSING, Change
 from aiodurabledict.asgi import SyncMiddleware, follow_changes, lifespan, open_all
 from aiodurabledict.backends.memory import MemoryDict, MemoryStore
+from aiodurabledict.testing.conformance import eventually as until
 from tests.integrations._helpers import eventually
 
 Message = MutableMapping[str, Any]
@@ -306,9 +307,10 @@ async def test_open_all_is_all_or_none() -> None:
         async with open_all(ok, failing):
             pass
     assert not ok.status.open
-    async with open_all(ok):
-        assert ok.status.open
-    assert not ok.status.open
+    again: MemoryDict[Any] = MemoryDict()
+    async with open_all(again):
+        assert again.status.open
+    assert not again.status.open
 
 
 async def test_follow_changes_delivers_every_change_and_survives_a_failing_callback(
@@ -388,3 +390,105 @@ async def test_several_dicts_are_synced_together_and_any_stale_one_refuses() -> 
             return (await http_get(app)).status_code == 200
 
         assert await eventually(served)
+
+
+async def test_a_request_never_waits_out_a_frozen_store() -> None:
+    """With the store frozen (no answer, no error) and a 30 s store timeout, a request is answered
+    while the store is still frozen: it waits sync_timeout, then runs on the cached values."""
+    store = MemoryStore()
+    async with MemoryDict(store, watch=False, timeout=30) as d:
+        await d.set("k", "cached")
+        inner = RecordingApp(d)
+        app = SyncMiddleware(inner, dicts=[d], sync_timeout=0.05)
+        store.frozen = True
+        try:
+            async with asyncio.timeout(10):
+                responses = await asyncio.gather(*(http_get(app) for _ in range(20)))
+            assert store.frozen
+            assert [r.status_code for r in responses] == [200] * 20
+            assert all(r.json() == {"k": "cached"} for r in responses)
+        finally:
+            store.frozen = False
+
+
+async def test_a_frozen_store_past_max_staleness_gets_503_within_the_bound() -> None:
+    """A frozen store past max_staleness: the request gets its 503 after sync_timeout, not after the
+    store's timeout."""
+    store = MemoryStore()
+    async with MemoryDict(store, watch=False, timeout=30, max_staleness=0.2) as d:
+        app = SyncMiddleware(RecordingApp(d), dicts=[d], sync_timeout=0.05)
+        store.frozen = True
+        try:
+            await asyncio.sleep(0.3)
+            async with asyncio.timeout(10):
+                response = await http_get(app)
+            assert store.frozen
+            assert response.status_code == 503
+        finally:
+            store.frozen = False
+
+
+async def test_excluded_paths_pass_without_a_check_and_are_never_refused() -> None:
+    """/health and what lies below it reach the app even past max_staleness, with no round trip;
+    a path that only starts with the same letters is not excluded."""
+    store = MemoryStore()
+    d = await stale_dict(store)
+    try:
+        inner = RecordingApp(d)
+        app = SyncMiddleware(inner, dicts=[d], exclude_paths=["/health", "/metrics/"])
+        before = store.round_trips
+        for path in ("/health", "/health/live", "/metrics", "/metrics/x"):
+            assert (await http_get(app, path)).status_code == 200, path
+        assert store.round_trips == before
+        assert (await http_get(app, "/healthz")).status_code == 503
+        assert inner.calls == 4
+    finally:
+        store.failing = False
+        await d.aclose()
+
+
+async def test_a_custom_stale_response() -> None:
+    """stale_response replaces the default 503 for HTTP."""
+    store = MemoryStore()
+    d = await stale_dict(store)
+
+    async def custom(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"x-why", b"settings")]})
+        await send({"type": "http.response.body", "body": b"come back later"})
+
+    try:
+        response = await http_get(SyncMiddleware(RecordingApp(d), dicts=[d], stale_response=custom))
+        assert response.status_code == 503
+        assert response.text == "come back later"
+        assert response.headers["x-why"] == "settings"
+    finally:
+        store.failing = False
+        await d.aclose()
+
+
+async def test_the_lifespan_helpers_live_outside_asgi_and_log_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """follow_changes, open_all and lifespan come from aiodurabledict.lifespan (and still from
+    aiodurabledict.asgi); the lifespan helper logs each dict's changes of state."""
+    from aiodurabledict import asgi
+    from aiodurabledict import lifespan as lifespan_module
+
+    for name in ("follow_changes", "open_all", "lifespan"):
+        assert getattr(asgi, name) is getattr(lifespan_module, name)
+    store = MemoryStore()
+    d: MemoryDict[Any] = MemoryDict(store, heartbeat=0.05)
+    with caplog.at_level(logging.INFO, logger="aiodurabledict"):
+        async with lifespan_module.lifespan(d)(object()):
+            await d.wait_live(timeout=5)
+            store.failing = True
+            await until(lambda: not d.live)
+            store.failing = False
+            await d.wait_live(timeout=5)
+    lines = [r.getMessage() for r in caplog.records if r.filename == "lifespan.py"]
+    assert [line.rpartition(" is ")[2].split(" ")[0] for line in lines] == [
+        "live",
+        "interrupted",
+        "live",
+        "closed",
+    ]

@@ -321,3 +321,31 @@ def test_the_urls_timeout_holds_unless_the_flag_is_given() -> None:
     ):
         args = parser.parse_args(argv)
         assert cli._open(args.url, args)._timeout == expected, argv
+
+
+def test_deeply_nested_json_is_a_usage_error(store_url: str) -> None:
+    """``load`` (and ``set``) of JSON nested too deeply to read exits 2 with one line, not 1 with a
+    RecursionError; nothing is written."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for result in (
+        run_cli("load", url=store_url, stdin='{"k": ' + deep + "}"),
+        run_cli("set", "k", deep, url=store_url),
+    ):
+        assert result.returncode == 2, result.stderr
+        assert "nested too deeply" in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert run_cli("get", "k", url=store_url).returncode == 3
+
+
+def test_list_escapes_control_characters(store_url: str) -> None:
+    """A stored key or value holding terminal control characters (ESC, BEL, CSI) is printed escaped,
+    never raw; ``list --json`` stays valid JSON with them as \\u escapes."""
+    key, value = "k\x1b[2Jwiped\x07", "v\x9b31mred\x7f"
+    assert run_cli("set", key, json.dumps(value), url=store_url).returncode == 0
+    for args in (("list",), ("list", "--json"), ("dump",), ("get", key)):
+        result = run_cli(*args, url=store_url)
+        assert result.returncode == 0, result.stderr
+        for control in ("\x1b", "\x07", "\x9b", "\x7f"):
+            assert control not in result.stdout, (args, result.stdout)
+    listed = json.loads(run_cli("list", "--json", url=store_url).stdout)
+    assert listed == {key: value}
