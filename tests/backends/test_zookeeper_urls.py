@@ -47,7 +47,7 @@ def test_the_keyspace_option_names_the_node_when_the_path_does_not() -> None:
         ("zookeeper://:pw@host:2181/app", "credentials are user:password@"),
         ("zookeeper://host:2181,/app", None),
         ("zookeeper://host:2181,other/app", "expected host:port"),
-        ("zookeeper://host:99999/app", "Port out of range"),
+        ("zookeeper://host:99999/app", "malformed store URL"),
         ("zookeeper://host:1,host:99999/app", "expected host:port"),
         ("zookeeper://host:2181/app?log_keep=0", "option 'log_keep'"),
     ],

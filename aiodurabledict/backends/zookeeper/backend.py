@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from aiozk import exc as zkexc
 
 from ..._backend import Delta
 from ..._dict import AsyncDurableDict, V
+from ..._types import DictOptions
 from ...errors import map_exceptions
 from . import _aiozk
 from ._aiozk import OP_GET_DATA
@@ -220,7 +221,7 @@ class ZookeeperDict(AsyncDurableDict[V]):
         credentials: Credentials | tuple[str, str] | None = None,
         acl: Sequence[Any] | None = None,
         log_keep: int = 256,
-        **opts: Any,
+        **opts: Unpack[DictOptions],
     ) -> None:
         backend = ZookeeperBackend(
             keyspace,
