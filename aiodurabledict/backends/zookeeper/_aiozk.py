@@ -1,18 +1,16 @@
 """Everything we add to aiozk 0.32 or work around in it, in one place for the next upgrade to check.
 
-- ``MultiRead``: ZooKeeper's ``multiRead`` (3.6+), which aiozk lacks; ``each_read`` answers the
-  same from one pipelined ``get`` per op on older servers.
-- ``request``: one request with no resend of writes. aiozk's ``send`` resends any request whose
-  connection broke, so a write that committed before the break commits again later, over whatever
-  others wrote meanwhile.
-- ``harden``: on a client instance (never on aiozk's classes), once: a read loop that ends counts
-  as a lost connection (aiozk ends it silently on a closed socket and stays "connected" until a
-  ping times out: the whole session timeout after a leader dies); servers are searched again at
-  once with a short jittered backoff and a bounded connect (aiozk waits 4 s, then 8 s, ..., and
-  its handshake may wait forever on a frozen server); credentials are replayed on every new
-  connection (aiozk forgets an ``AuthRequest`` made by hand).
-- ``request_size``: the bytes a transaction takes (aiozk sends anything, and the server drops the
-  connection on a request over ``jute.maxbuffer``).
+- ``MultiRead``: ZooKeeper's ``multiRead`` (3.6+), which aiozk lacks (older servers: pipelined gets).
+- ``request``: one request, writes never resent. aiozk resends a request whose connection broke, so
+  a write that committed before the break commits again later, over what others wrote meanwhile.
+- ``harden``, once per client instance (never on aiozk's classes): a read loop that ends counts as a
+  lost connection (aiozk ends it silently on a closed socket and stays "connected" until a ping
+  times out: the whole session timeout after a leader dies), and ends on cancellation (aiozk's can
+  swallow one: ``asyncio.run()`` then hangs at exit); servers are searched again at once, with a
+  short jittered backoff and a bounded connect (aiozk waits 4 s, then 8 s..., and its handshake
+  may wait forever on a frozen server); credentials are replayed on every new connection (aiozk
+  forgets an ``AuthRequest`` made by hand); a standalone server is told apart (no sync needed).
+- ``request_size``: what a transaction weighs (the server drops a connection over ``jute.maxbuffer``).
 - ``close_client``: aiozk's ``close()`` leaves its tasks behind when the server is gone.
 """
 
@@ -284,15 +282,10 @@ _FIRST_RETRY = 0.05
 _LAST_RETRY = 1.0
 
 
-def _extension(session: Any) -> _Extension | None:
-    found: _Extension | None = getattr(session, _EXTENSION, None)
-    return found
-
-
 def harden(client: ZKClient) -> None:
     """Install our fixes on ``client`` (idempotent): see the module docstring."""
     session = client.session
-    if _extension(session) is not None:
+    if getattr(session, _EXTENSION, None) is not None:
         return
     ext = _Extension()
     setattr(session, _EXTENSION, ext)
@@ -388,6 +381,15 @@ def _fix_connection(session: Any, conn: Connection) -> None:
         except TimeoutError:
             raise zkexc.UnfinishedRead from None
 
+    read_response = conn.read_response
+
+    async def read_response_quietly(initial_connect: bool = False) -> Any:
+        # A reset connection is a closed one: aiozk logs a traceback for anything but an abort.
+        try:
+            return await read_response(initial_connect)
+        except ConnectionError:
+            raise ConnectionAbortedError from None
+
     def ended(task: asyncio.Task[None]) -> None:
         # Pending requests would wait for answers that never come: fail them now.
         if conn.pending_count():
@@ -403,6 +405,7 @@ def _fix_connection(session: Any, conn: Connection) -> None:
         conn.read_loop_task.add_done_callback(ended)
 
     conn._read = read
+    conn.read_response = read_response_quietly
     if conn.read_loop_task is None:
         conn.start_read_loop = start_read_loop
     else:
@@ -427,8 +430,7 @@ async def add_auth(client: ZKClient, scheme: str, credential: bytes) -> None:
     """Authenticate ``client``'s connection now (when it has one) and every new one after."""
     harden(client)
     session = client.session
-    ext = _extension(session)
-    assert ext is not None
+    ext: _Extension = getattr(session, _EXTENSION)
     if (scheme, credential) in ext.auth:
         return
     ext.auth.append((scheme, credential))
@@ -472,7 +474,7 @@ async def close_client(client: ZKClient, timeout: float) -> None:
         if task is not None and not task.done():
             task.cancel()
             tasks.append(task)
-    ext = _extension(session)
+    ext: _Extension | None = getattr(session, _EXTENSION, None)
     if ext is not None:
         for task in ext.closing:
             task.cancel()
