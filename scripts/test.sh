@@ -2,7 +2,9 @@
 # Run the whole test suite against real servers, then every example.
 #
 # Usage: scripts/test.sh [--ci] [--no-examples] [pytest args...]
-#   1. scripts/servers.sh start: Redis, PostgreSQL, ZooKeeper and memcached on loopback.
+#   1. scripts/servers.sh start: Redis, PostgreSQL, ZooKeeper, memcached and MariaDB on loopback, and
+#      a Redis Cluster, a Redis Sentinel set and a ZooKeeper ensemble on ports of their own; their
+#      addresses come into the tests' environment from scripts/servers.sh env.
 #   2. pytest with branch coverage of aiodurabledict (extra arguments go to pytest).
 #   3. each examples/*.py (except _*.py) must exit 0 within $AIODURABLEDICT_EXAMPLE_TIMEOUT seconds
 #      (default 120); skipped with --no-examples.
