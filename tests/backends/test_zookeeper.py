@@ -25,12 +25,12 @@ from aiodurabledict.backends.zookeeper import (
     writes,
 )
 from aiodurabledict.backends.zookeeper.layout import INLINE_LIMIT, parse_entry, parse_stamp
+from tests.servers import require_zookeeper_ensemble
 from tests.stores.zookeeper import (
     ZOOKEEPER,
     Requests,
     delete_tree,
     start_client,
-    zookeeper_ensemble_address,
     zookeeper_znode,
 )
 
@@ -237,7 +237,7 @@ async def test_a_check_reads_after_a_sync_unless_the_server_is_standalone(where:
     with its leader first); a standalone server holds every commit, so no sync is sent."""
     import aiozk
 
-    servers = ZOOKEEPER if where == "standalone" else zookeeper_ensemble_address()
+    servers = ZOOKEEPER if where == "standalone" else require_zookeeper_ensemble()
     async with zookeeper_znode(servers) as (path, clients):
         client = aiozk.ZKClient(servers, session_timeout=10)
         clients.append(client)

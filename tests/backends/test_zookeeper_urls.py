@@ -8,7 +8,8 @@ import pytest
 
 from aiodurabledict import open_dict
 from aiodurabledict.backends.zookeeper import Credentials, ZookeeperBackend
-from tests.stores.zookeeper import zookeeper_ensemble_address, zookeeper_znode
+from tests.servers import require_zookeeper_ensemble
+from tests.stores.zookeeper import zookeeper_znode
 
 
 def backend_of(url: str) -> ZookeeperBackend:
@@ -65,7 +66,7 @@ def test_bad_urls(url: str, message: str | None) -> None:
 @pytest.mark.zookeeper
 async def test_an_ensemble_url_opens_a_dict_on_every_server() -> None:
     """``zookeeper://h1:p1,h2:p2,h3:p3/path`` opens a dict whose client may use any of them."""
-    servers = zookeeper_ensemble_address()
+    servers = require_zookeeper_ensemble()
     async with zookeeper_znode(servers) as (path, _clients):
         async with (
             open_dict(f"zookeeper://{servers}{path}") as a,

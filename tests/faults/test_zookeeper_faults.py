@@ -7,8 +7,10 @@ over, every open dict converges to the tree as a fresh client reads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -308,3 +310,101 @@ async def write_sync(d: ZookeeperDict[Any], *, within: float = 30.0) -> bool:
         except BackendError:
             assert time.monotonic() < deadline, "sync never got through"
             await asyncio.sleep(0.2)
+
+
+class WatchCutter:
+    """A loopback proxy in front of a ZooKeeper server. Armed, it closes the first connection on
+    which the client sends SetWatches (opcode 101) instead of passing it on: the connection is
+    lost right after it was made, in the middle of aiozk's repair loop."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.armed = False
+        self.cut = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def drop_all(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        self.drop_all()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self._writers |= {writer, up_writer}
+        back = asyncio.create_task(self._pipe(up_reader, writer))
+        try:
+            first = await reader.readexactly(4)
+            up_writer.write(first)
+            if first != b"srvr":  # a session: length-prefixed frames, the first one the connect
+                up_writer.write(await reader.readexactly(struct.unpack("!i", first)[0]))
+                while True:
+                    size = await reader.readexactly(4)
+                    frame = await reader.readexactly(struct.unpack("!i", size)[0])
+                    if self.armed and struct.unpack("!i", frame[4:8])[0] == 101:
+                        self.armed = False
+                        self.cut += 1
+                        return
+                    up_writer.write(size + frame)
+            await self._pipe(reader, up_writer)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.transport.abort()
+                self._writers.discard(w)
+            back.cancel()
+            await asyncio.gather(back, return_exceptions=True)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := await reader.read(65536):
+                writer.write(chunk)
+        writer.transport.abort()
+
+
+async def test_a_connection_lost_while_watches_are_restored_is_made_again() -> None:
+    """The connection is lost right after it was made, while aiozk restores the client's watches:
+    the client connects again and the dict follows again (aiozk's repair loop used to wait there,
+    forever, for a connection only it could make)."""
+    path = f"/faults/{uuid.uuid4().hex}"
+    async with private_zookeeper() as (server, client):
+        cutter = WatchCutter(server.port)
+        address = await cutter.start()
+        try:
+            import aiozk
+
+            proxied = aiozk.ZKClient(address, session_timeout=SESSION_TIMEOUT)
+            # Another part of the application watches a node through the same client: aiozk
+            # restores that watch (SetWatches) on every new connection.
+            proxied.session.add_watch_callback(
+                aiozk.protocol.WatchEvent.DATA_CHANGED, proxied.normalize_path(path), lambda _path: None
+            )
+            async with (
+                ZookeeperDict[Any](path, proxied, owns_client=True, heartbeat=3600.0, timeout=2.0) as reader,
+                ZookeeperDict[Any](path, await client(), watch=False) as writer,
+            ):
+                deadline = time.monotonic() + 10
+                while not reader.live:
+                    assert time.monotonic() < deadline, "the reader never went live"
+                    await asyncio.sleep(0.05)
+                cutter.armed = True
+                cutter.drop_all()
+                await writer.set("k", 1)
+                deadline = time.monotonic() + 15
+                while reader.view.get("k") != 1:
+                    assert time.monotonic() < deadline, "the reader never followed again"
+                    await asyncio.sleep(0.05)
+                assert cutter.cut == 1
+        finally:
+            await cutter.close()

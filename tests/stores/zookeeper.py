@@ -7,7 +7,6 @@ znode per test; the znode is deleted recursively and the clients closed afterwar
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -17,10 +16,9 @@ import pytest
 
 from aiodurabledict import AsyncDurableDict
 from aiodurabledict.testing.conformance import Factory
-from tests.servers import answers, unavailable, zookeeper_address
+from tests.servers import answers, require_zookeeper_ensemble, unavailable, zookeeper_address
 
 ZOOKEEPER = zookeeper_address()
-ENSEMBLE_ENV = "AIODURABLEDICT_ZOOKEEPER_ENSEMBLE"
 
 
 async def delete_tree(client: Any, path: str) -> None:
@@ -110,18 +108,6 @@ async def zookeeper_znode(
                 await close_client(client, 2.0)
 
 
-def zookeeper_ensemble_address() -> str:
-    """The shared ensemble's connect string (``h:p,h:p,h:p``, from AIODURABLEDICT_ZOOKEEPER_ENSEMBLE);
-    skips (or fails, where servers are required) when it is unset or a peer does not answer."""
-    servers = [a.strip() for a in os.environ.get(ENSEMBLE_ENV, "").split(",") if a.strip()]
-    if not servers:
-        unavailable(f'{ENSEMBLE_ENV} is not set (scripts/servers.sh start; eval "$(scripts/servers.sh env)")')
-    silent = [s for s in servers if not answers(s)]
-    if silent:
-        unavailable(f"the ZooKeeper ensemble does not answer at {', '.join(silent)}")
-    return ",".join(servers)
-
-
 def _zookeeper(
     *, log_keep: int | None = None, heartbeat: float = 2.0, servers: Callable[[], str] = lambda: ZOOKEEPER
 ) -> Any:
@@ -156,6 +142,6 @@ PARAMS = [
         _zookeeper(log_keep=1, heartbeat=0.3), id="zookeeper-short-log", marks=pytest.mark.zookeeper
     ),
     pytest.param(
-        _zookeeper(servers=zookeeper_ensemble_address), id="zookeeper-ensemble", marks=pytest.mark.zookeeper
+        _zookeeper(servers=require_zookeeper_ensemble), id="zookeeper-ensemble", marks=pytest.mark.zookeeper
     ),
 ]
