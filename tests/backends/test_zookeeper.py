@@ -231,17 +231,19 @@ async def test_changes_since_is_flat_in_n(n: int) -> None:
         assert requests.count == 4
 
 
+@pytest.mark.parametrize("started", [False, True], ids=["owned-client", "started-client"])
 @pytest.mark.parametrize("where", ["standalone", "ensemble"])
-async def test_a_check_reads_after_a_sync_unless_the_server_is_standalone(where: str) -> None:
+async def test_a_check_reads_after_a_sync_unless_the_server_is_standalone(where: str, started: bool) -> None:
     """On an ensemble a check's read follows a sync in the same round trip (the follower catches up
-    with its leader first); a standalone server holds every commit, so no sync is sent."""
+    with its leader first); a standalone server holds every commit, so no sync is sent, whether the
+    dict started the client or was handed one already connected."""
     import aiozk
 
     servers = ZOOKEEPER if where == "standalone" else require_zookeeper_ensemble()
     async with zookeeper_znode(servers) as (path, clients):
-        client = aiozk.ZKClient(servers, session_timeout=10)
+        client = await start_client(servers) if started else aiozk.ZKClient(servers, session_timeout=10)
         clients.append(client)
-        async with ZookeeperDict[Any](path, client, owns_client=True, watch=False) as d:
+        async with ZookeeperDict[Any](path, client, owns_client=not started, watch=False) as d:
             requests = Requests(client)
             await d.sync()
             assert requests.sent == (["MultiRead"] if where == "standalone" else ["SyncRequest", "MultiRead"])

@@ -131,6 +131,7 @@ class ZookeeperBackend:
         if self._owns_client or not client.session.started:
             async with asyncio.timeout(self._timeout):
                 await client.start()
+        await _aiozk.learn_mode(client, self._timeout)
         await self._refuse_nesting()
         await self._writer.ensure_tree()
 

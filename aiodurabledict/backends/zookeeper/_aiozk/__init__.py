@@ -18,7 +18,7 @@
 
 from .multiread import OP_GET_CHILDREN, OP_GET_DATA, MultiRead, ReadResult, read_many
 from .requests import ConnectionLostError, request, request_size
-from .session import add_auth, close_client, harden
+from .session import add_auth, close_client, harden, learn_mode
 
 __all__ = [
     "OP_GET_CHILDREN",
@@ -29,6 +29,7 @@ __all__ = [
     "add_auth",
     "close_client",
     "harden",
+    "learn_mode",
     "read_many",
     "request",
     "request_size",

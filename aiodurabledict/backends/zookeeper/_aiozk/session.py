@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,12 @@ from .requests import STANDALONE, send_on, suspend
 if TYPE_CHECKING:
     from aiozk import ZKClient
 
-__all__ = ["add_auth", "close_client", "harden"]
+__all__ = ["add_auth", "close_client", "harden", "learn_mode"]
 
 log = logging.getLogger("aiodurabledict.zookeeper")
+
+# Connections whose server's mode we know (standalone or not).
+_MODE_KNOWN: weakref.WeakSet[Connection] = weakref.WeakSet()
 
 
 @dataclass
@@ -37,6 +41,30 @@ _EXTENSION = "_aiodurabledict_extension"
 # Servers are searched again at once, then after up to this many seconds, doubling.
 _FIRST_RETRY = 0.05
 _LAST_RETRY = 1.0
+
+
+def _learn_mode(conn: Connection, answer: bytes) -> None:
+    _MODE_KNOWN.add(conn)
+    if b"\nMode: standalone" in answer:
+        STANDALONE.add(conn)
+
+
+async def learn_mode(client: ZKClient, timeout: float) -> None:
+    """Ask the server of a connection made before ``harden`` whether it runs alone (``srvr``)."""
+    conn = client.session.conn
+    if conn is None or conn in _MODE_KNOWN:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(conn.host, conn.port)
+            try:
+                writer.write(b"srvr")
+                answer = await reader.read()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return  # reads keep their sync: always correct, one leader round trip dearer
+    _learn_mode(conn, answer)
 
 
 def harden(client: ZKClient) -> None:
@@ -134,8 +162,7 @@ async def _connect(session: Any, host: str, port: int) -> Connection | None:
             raise ConnectionError
         conn.version_info = tuple(map(int, match.groups()))
         conn.start_read_only = b"READ_ONLY" in answer
-        if b"\nMode: standalone" in answer:
-            STANDALONE.add(conn)
+        _learn_mode(conn, answer)
 
     conn._make_handshake = make_handshake
     bound = max(0.5, min(float(session.timeout) / 3, 2.0))
