@@ -172,7 +172,7 @@ async def _bench_sync(
                 n=n,
                 baseline="one raw get",
                 baseline_timing=base,
-                note="one round trip (sync pipelined with the stamp read)",
+                note="one request" if not where else "a sync pipelined with the read: one round trip",
             )
         async with ZookeeperDict[Any](path, client) as live:
             while not live.live:

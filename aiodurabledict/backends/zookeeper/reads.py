@@ -9,7 +9,8 @@ are created together). When it cannot tell, everything is reloaded: the children
 their values read by ``multiRead`` requests, many in flight.
 
 The reads of a check go after a ``sync``, in the same round trip: a client connected to a follower
-that lags behind its leader would otherwise miss a commit that completed elsewhere.
+that lags behind its leader would otherwise miss a commit that completed elsewhere (a standalone
+server holds every commit: no sync is sent there).
 """
 
 from __future__ import annotations
