@@ -8,8 +8,8 @@ notices live in their own modules.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from aiozk import exc as zkexc
@@ -17,7 +17,7 @@ from aiozk import exc as zkexc
 from ..._backend import Delta
 from ..._dict import AsyncDurableDict, V
 from ..._types import DictOptions
-from ...errors import map_exceptions
+from ...errors import BackendError, map_exceptions
 from . import _aiozk
 from ._aiozk import OP_GET_DATA
 from .auth import Credentials
@@ -37,10 +37,15 @@ T = TypeVar("T")
 _FAILED = "ZooKeeper failed"
 
 
-async def _mapped(call: Awaitable[T]) -> T:
-    """aiozk's errors, by name, as ``BackendError`` (the native error is the cause)."""
-    with map_exceptions(zkexc.ZKError, message=_FAILED):
-        return await call
+@contextmanager
+def _edge(timeout: float) -> Iterator[None]:
+    """aiozk's errors, by name, and a request past ``request_timeout``, as ``BackendError`` (the
+    native error is the cause)."""
+    try:
+        with map_exceptions(zkexc.ZKError, message=_FAILED):
+            yield
+    except TimeoutError as exc:
+        raise BackendError(f"ZooKeeper did not answer within {timeout:g} s (request_timeout)") from exc
 
 
 def _check_keyspace(keyspace: str) -> str:
@@ -119,7 +124,7 @@ class ZookeeperBackend:
         Raises ``ValueError`` when the keyspace lies inside another dict (its node would be one of
         that dict's keys).
         """
-        await _mapped(self._start())
+        await self._mapped(self._start())
 
     async def _start(self) -> None:
         self._closed = False
@@ -164,42 +169,46 @@ class ZookeeperBackend:
 
     # -- the protocol ---------------------------------------------------------------------------
 
+    async def _mapped(self, call: Awaitable[T]) -> T:
+        with _edge(self._timeout):
+            return await call
+
     async def load(self) -> Delta:
-        return await _mapped(self._reader.load())
+        return await self._mapped(self._reader.load())
 
     async def changes_since(self, version: int) -> Delta:
-        return await _mapped(self._reader.changes_since(version))
+        return await self._mapped(self._reader.changes_since(version))
 
     async def set(self, key: str, value: bytes) -> Delta:
-        return await _mapped(self._writer.set(key, value))
+        return await self._mapped(self._writer.set(key, value))
 
     async def pop(self, key: str) -> tuple[Delta, bytes | None]:
-        return await _mapped(self._writer.pop(key))
+        return await self._mapped(self._writer.pop(key))
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
-        return await _mapped(self._writer.setdefault(key, value))
+        return await self._mapped(self._writer.setdefault(key, value))
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
-        return await _mapped(self._writer.update(items))
+        return await self._mapped(self._writer.update(items))
 
     async def clear(self) -> Delta:
-        return await _mapped(self._writer.clear())
+        return await self._mapped(self._writer.clear())
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None
     ) -> tuple[Delta, bool]:
-        return await _mapped(self._writer.compare_and_set(key, expected, new))
+        return await self._mapped(self._writer.compare_and_set(key, expected, new))
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:
         """Follow the dict's node with a data watch (see ``notices``)."""
-        with map_exceptions(zkexc.ZKError, message=_FAILED):
+        with _edge(self._timeout):
             async with subscribe(self._reader) as notices:
-                yield _mapped_notices(notices)
+                yield _mapped_notices(notices, self._timeout)
 
 
-async def _mapped_notices(notices: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    with map_exceptions(zkexc.ZKError, message=_FAILED):
+async def _mapped_notices(notices: AsyncIterator[Delta], timeout: float) -> AsyncIterator[Delta]:
+    with _edge(timeout):
         async for notice in notices:
             yield notice
 
