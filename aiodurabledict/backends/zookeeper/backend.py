@@ -21,7 +21,7 @@ from ...errors import BackendError, map_exceptions
 from . import _aiozk
 from ._aiozk import OP_GET_DATA
 from .auth import Credentials
-from .layout import LOG, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from .layout import LOG, MAX_KEY_BYTES, MAX_VALUE_BYTES, escape_key
 from .notices import subscribe
 from .reads import Reader
 from .tree import Tree
@@ -198,6 +198,17 @@ class ZookeeperBackend:
         self, key: str, expected: bytes | None, new: bytes | None
     ) -> tuple[Delta, bool]:
         return await self._mapped(self._writer.compare_and_set(key, expected, new))
+
+    async def read(self, key: str) -> Delta:
+        """One key as the store holds it, with the version and token (one request, after a sync)."""
+        found = await self._mapped(self._reader.key(escape_key(key)))
+        if found.nested:
+            return Delta(found.delta.version, {key: None}, token=found.delta.token)
+        return found.delta
+
+    async def drop(self) -> None:
+        """Delete the dict's keys, its log and its node."""
+        await self._mapped(self._writer.drop())
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:

@@ -24,6 +24,7 @@ from ._aiozk import OP_GET_CHILDREN, request_size
 from .layout import (
     ALL,
     ENTRY,
+    LOG,
     MAX_REQUEST_BYTES,
     encode_entry,
     encode_stamp,
@@ -366,6 +367,52 @@ class Writer:
             used += size
         return batches
 
+    async def drop(self) -> None:
+        """Delete the dict's keys, its log and its node: the tree as if the dict was never written.
+
+        Writes that slip in meanwhile are deleted too (a few rounds); a node inside that is not the
+        dict's (another dict nested in it) stops it with ``BackendError``.
+        """
+        tree = self.tree
+        for _ in range(_DROP_ROUNDS):
+            _, (names, entries) = await tree.read([(OP_GET_CHILDREN, tree.root), (OP_GET_CHILDREN, tree.log)])
+            ops = [protocol.DeleteRequest(path=tree.entry(e), version=-1) for e in _listed(entries)]
+            ops += [
+                protocol.DeleteRequest(path=tree.child(n), version=-1) for n in _listed(names) if n != LOG
+            ]
+            for batch in self._batches(ops):
+                await self._all_or_missing(batch)
+            if await self._all_or_missing(
+                [
+                    protocol.DeleteRequest(path=tree.log, version=-1),
+                    protocol.DeleteRequest(path=tree.root, version=-1),
+                ]
+            ):
+                self.tree.present.clear()
+                return
+        raise BackendError(f"ZooKeeper: the node {tree.path!r} kept getting new children; not dropped")
+
+    async def _all_or_missing(self, ops: list[Any]) -> bool:
+        """Delete ``ops`` in one transaction, nodes already gone skipped; ``False`` when a node was
+        not empty (something was written inside it meanwhile)."""
+        request = protocol.TransactionRequest()
+        for op in ops:
+            request.add(op)
+        _, response = await self.tree.send(request)
+        failed = [r for r in response.responses if isinstance(r, zkexc.NoNode | zkexc.NotEmpty)]
+        if any(isinstance(r, zkexc.NotEmpty) for r in failed):
+            return False
+        if failed:
+            # A node already gone rolled the others back: delete them one by one.
+            for op in ops:
+                with contextlib.suppress(zkexc.NoNode):
+                    one = protocol.TransactionRequest()
+                    one.add(op)
+                    _, answer = await self.tree.send(one)
+                    if any(isinstance(r, zkexc.NotEmpty) for r in answer.responses):
+                        return False
+        return True
+
     # -- trimming the log ----------------------------------------------------------------------
 
     def _trim_later(self) -> None:
@@ -399,3 +446,11 @@ class Writer:
         if trimming is not None:
             trimming.cancel()
             await asyncio.gather(trimming, return_exceptions=True)
+
+
+_DROP_ROUNDS = 5
+
+
+def _listed(result: Any) -> list[str]:
+    """The child names a read of children found (none when the node is missing)."""
+    return list(result) if isinstance(result, list) else []
