@@ -45,6 +45,7 @@ class Syncer(Protocol):
 
     def watcher_ended(self) -> None: ...
 
+
 __all__ = ["Backoff", "SubscriptionEndedError", "Syncer", "WatcherTask", "describe", "first_error", "watch"]
 
 log = logging.getLogger("aiodurabledict")

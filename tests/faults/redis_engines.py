@@ -58,7 +58,8 @@ class Engine(Protocol):
     spec: dict[str, Any]
 
     async def fail_over(self, keyspace: str) -> None:
-        """Kill -9 the master that holds ``keyspace`` and wait until another serves it."""
+        """Kill -9 the master that holds ``keyspace`` once its replica has everything it took (a
+        failover that loses nothing), and wait until another serves it."""
 
     def kill_master(self, keyspace: str) -> None:
         """Kill -9 the master that holds ``keyspace`` now; the engine fails over by itself."""
@@ -96,6 +97,7 @@ class ClusterEngine:
 
     async def fail_over(self, keyspace: str) -> None:
         master = self._master(keyspace)
+        await asyncio.to_thread(self.servers.wait_replicated, master)
         self._killed.append(master)
         await self.servers.afail_over(master)
 
@@ -142,6 +144,7 @@ class SentinelEngine:
 
     async def fail_over(self, keyspace: str) -> None:
         old = self.servers.node_at(self.servers.master_address())
+        await asyncio.to_thread(self.servers.wait_replicated)
         self._killed.append(old)
         await self.servers.afail_over()
 

@@ -25,6 +25,15 @@ named after it (``_aiosqlite``, ``_asyncpg``, ``_aiomcache``).
 
 from __future__ import annotations
 
+try:
+    import tortoise  # noqa: F401 - fail here, with the extra to install, when Tortoise is missing
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"ModelDict needs the 'tortoise' extra (missing module {_exc.name!r}): "
+        "pip install 'aiodurabledict[tortoise]'",
+        name=_exc.name,
+    ) from _exc
+
 from .backend import PostgresBackend, TortoiseBackend
 from .dict import ModelDict, open_url_dict
 

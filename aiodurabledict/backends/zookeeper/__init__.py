@@ -17,10 +17,10 @@ from __future__ import annotations
 
 try:
     import aiozk  # noqa: F401 - fail here, with the extra to install, when aiozk is missing
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "ZookeeperDict needs aiozk: pip install 'aiodurabledict[zookeeper]'", name=exc.name
-    ) from exc
+        "ZookeeperDict needs aiozk: pip install 'aiodurabledict[zookeeper]'", name=_exc.name
+    ) from _exc
 
 from ._aiozk import close_client
 from .auth import Credentials

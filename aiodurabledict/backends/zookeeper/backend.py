@@ -90,7 +90,9 @@ class ZookeeperBackend:
             raise ValueError(f"request_timeout must be positive, not {request_timeout!r}")
         if log_keep < 1:
             raise ValueError(f"log_keep must be at least 1, not {log_keep!r}")
-        self.credentials = Credentials.of(credentials) if credentials is not None else None
+        self.credentials: Credentials | None = (
+            Credentials.of(credentials) if credentials is not None else None
+        )
         if acl is None:
             acl = self.credentials.acl() if self.credentials is not None else client.default_acl
         self._client = client
@@ -174,29 +176,37 @@ class ZookeeperBackend:
             return await call
 
     async def load(self) -> Delta:
+        """Every entry at one version of the dict node, with its token."""
         return await self._mapped(self._reader.load())
 
     async def changes_since(self, version: int) -> Delta:
+        """What changed after ``version``: one read of the stamp when nothing did."""
         return await self._mapped(self._reader.changes_since(version))
 
     async def set(self, key: str, value: bytes) -> Delta:
+        """Write one key, the stamp and a log entry in one ``multi``."""
         return await self._mapped(self._writer.set(key, value))
 
     async def pop(self, key: str) -> tuple[Delta, bytes | None]:
+        """Remove one key in one ``multi``; the value it had, or ``None`` when absent."""
         return await self._mapped(self._writer.pop(key))
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
+        """Create the key unless it exists; the value it holds after."""
         return await self._mapped(self._writer.setdefault(key, value))
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
+        """Write every item, the stamp and one log entry in one ``multi``."""
         return await self._mapped(self._writer.update(items))
 
     async def clear(self) -> Delta:
+        """Remove every key in guarded transactions (several when one request cannot carry them)."""
         return await self._mapped(self._writer.clear())
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None
     ) -> tuple[Delta, bool]:
+        """Write ``new`` only if the node still holds ``expected``, guarded by the version read."""
         return await self._mapped(self._writer.compare_and_set(key, expected, new))
 
     async def read(self, key: str) -> Delta:

@@ -33,7 +33,7 @@ from .tree import Conflict, NodeStat, StampRead, Tree, stat_of
 
 __all__ = ["NO_COMMIT", "KeyRead", "Reader"]
 
-log = logging.getLogger("aiodurabledict.zookeeper")
+log: logging.Logger = logging.getLogger("aiodurabledict.zookeeper")
 
 #: The token of a version at which the store holds no commit: it matches no cache's token.
 NO_COMMIT = "(no commit at this version)"

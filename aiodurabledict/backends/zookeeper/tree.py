@@ -79,10 +79,10 @@ class Tree:
         self.client = client
         self.path = path
         self.timeout = timeout
-        self.acl = list(acl)
+        self.acl: list[Any] = list(acl)
         # Full paths (with the client's chroot): raw requests and watch events use them.
-        self.root = client.normalize_path(path)
-        self.log = f"{self.root}/{LOG}"
+        self.root: str = client.normalize_path(path)
+        self.log: str = f"{self.root}/{LOG}"
         #: Names believed to exist: a write picks "set" or "create" without asking first.
         self.present: set[str] = set()
         self._seen: _Seen | None = None
@@ -91,13 +91,16 @@ class Tree:
     # -- paths ---------------------------------------------------------------------------------
 
     def child(self, name: str) -> str:
+        """The full path of a key's node."""
         return f"{self.root}/{name}"
 
     def entry(self, name: str) -> str:
+        """The full path of a change-log entry."""
         return f"{self.log}/{name}"
 
     @staticmethod
     def name_of(path: str) -> str:
+        """The last part of a full path: a node's name."""
         return path.rpartition("/")[2]
 
     # -- requests ------------------------------------------------------------------------------
@@ -163,6 +166,7 @@ class Tree:
         return before is not None and before.count == stat.version - 1 and before.zxid >= stat.czxid
 
     def wrote(self, zxid: int, token: str, changes: Mapping[str, bytes | None]) -> None:
+        """Remember a commit this process made, so that a change-log gap it covers needs no read."""
         self._written[zxid] = (token, dict(changes))
         while len(self._written) > _WRITTEN:
             self._written.popitem(last=False)

@@ -39,7 +39,7 @@ __all__ = ["UNKNOWN_PREV", "Writer", "retrying"]
 
 T = TypeVar("T")
 
-log = logging.getLogger("aiodurabledict.zookeeper")
+log: logging.Logger = logging.getLogger("aiodurabledict.zookeeper")
 
 #: ``prev`` of a commit whose predecessor is not known (another writer got in between): a version
 #: no cache holds, so the dict asks the store what came before.
@@ -79,11 +79,11 @@ class Writer:
         self.tree = tree
         self.reader = reader
         self.log_keep = log_keep
-        self.trim_every = max(1, log_keep // 4)
+        self.trim_every: int = max(1, log_keep // 4)
         # The log is trimmed beside the writes, never inside one: a write that committed must not
         # be reported failed because the clean-up after it was slow.
         self._trimming: asyncio.Task[None] | None = None
-        self.closed = False
+        self.closed: bool = False
 
     # -- the writes ----------------------------------------------------------------------------
 
