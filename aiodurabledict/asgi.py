@@ -14,6 +14,7 @@ importable from here too.)
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -206,8 +207,11 @@ async def sync_for_request(d: AsyncDurableDict[Any], *, strict: bool = False) ->
     return None
 
 
-# Checks a request stopped waiting for, kept until they end (so that they are not collected).
-_behind: set[asyncio.Future[list[StaleError | None]]] = set()
+# Checks that requests stopped waiting for, kept until they end (so that they are not collected),
+# and by dict (its id: the check holds the dict, so the id stays its own) the first of them still
+# unanswered: the store is slow for that dict until it ends.
+_behind: set[asyncio.Future[StaleError | None]] = set()
+_unanswered: dict[int, asyncio.Future[StaleError | None]] = {}
 
 
 async def sync_within(
@@ -217,30 +221,48 @@ async def sync_within(
     cached values if the store is slow or down), or the ``StaleError`` that must refuse it.
 
     Dicts that need no check (live, unless ``strict``) pass at once; the others are checked
-    together. Checks that have not answered in time go on in the background.
+    together. A check that has not answered in time goes on in the background, and until it ends
+    the store is known to be slow for that dict: later requests neither wait for it nor pile more
+    checks on it, and go on at once as the dict's staleness says.
     """
     waiting = [d for d in dicts if strict or not d.live]
     if not waiting:
         return None
     if timeout is None:
-        outcomes = await _sync_all(waiting, strict)
-    else:
-        checks = asyncio.ensure_future(_sync_all(waiting, strict))
-        done, _ = await asyncio.wait({checks}, timeout=timeout)
-        if done:
-            outcomes = checks.result()
-        else:
-            # Not answered in time: the request goes on as the dicts' staleness says.
-            _behind.add(checks)
-            checks.add_done_callback(_behind.discard)
-            outcomes = [_stale_now(d) for d in waiting]
+        outcomes = await asyncio.gather(*(sync_for_request(d, strict=strict) for d in waiting))
+        return next((s for s in outcomes if s is not None), None)
+    slow = [d for d in waiting if id(d) in _unanswered]
+    checks = [
+        (d, asyncio.ensure_future(sync_for_request(d, strict=strict)))
+        for d in waiting
+        if id(d) not in _unanswered
+    ]
+    if checks:
+        await asyncio.wait([check for _, check in checks], timeout=timeout)
+    outcomes = [_stale_now(d) for d in slow]
+    for d, check in checks:
+        if check.done():
+            outcomes.append(check.result())
+            continue
+        # Not answered in time: the request goes on as the dict's staleness says.
+        _behind.add(check)
+        check.add_done_callback(_ended)
+        if id(d) not in _unanswered:
+            _unanswered[id(d)] = check
+            check.add_done_callback(functools.partial(_answered, id(d)))
+        outcomes.append(_stale_now(d))
     return next((s for s in outcomes if s is not None), None)
 
 
-async def _sync_all(dicts: list[AsyncDurableDict[Any]], strict: bool) -> list[StaleError | None]:
-    if len(dicts) == 1:
-        return [await sync_for_request(dicts[0], strict=strict)]
-    return list(await asyncio.gather(*(sync_for_request(d, strict=strict) for d in dicts)))
+def _ended(check: asyncio.Future[StaleError | None]) -> None:
+    _behind.discard(check)
+    if not check.cancelled() and (exc := check.exception()) is not None:
+        log.debug("a check no request waited for failed: %r", exc)
+
+
+def _answered(key: int, check: asyncio.Future[StaleError | None]) -> None:
+    if _unanswered.get(key) is check:
+        del _unanswered[key]
 
 
 def _stale_now(d: AsyncDurableDict[Any]) -> StaleError | None:

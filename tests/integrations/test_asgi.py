@@ -411,6 +411,32 @@ async def test_a_request_never_waits_out_a_frozen_store() -> None:
             store.frozen = False
 
 
+async def test_once_a_check_goes_unanswered_requests_neither_wait_nor_pile_checks() -> None:
+    """A check that outlived sync_timeout marks the store slow for that dict: until it ends, later
+    requests (even through a middleware with a 60 s sync_timeout) are answered at once on the cached
+    values and send nothing; once it ends, requests check again."""
+    store = MemoryStore()
+    async with MemoryDict(store, watch=False, timeout=30) as d:
+        await d.set("k", "cached")
+        first = SyncMiddleware(RecordingApp(d), dicts=[d], sync_timeout=0.05)
+        patient = SyncMiddleware(RecordingApp(d), dicts=[d], sync_timeout=60)
+        store.frozen = True
+        try:
+            assert (await http_get(first)).status_code == 200
+            sent = store.round_trips
+            async with asyncio.timeout(10):
+                responses = [await http_get(patient) for _ in range(50)]
+            assert [r.status_code for r in responses] == [200] * 50
+            assert store.round_trips == sent
+        finally:
+            store.frozen = False
+
+        async def checked_again() -> bool:
+            return (await http_get(patient)).status_code == 200 and store.round_trips > sent
+
+        assert await eventually(checked_again)
+
+
 async def test_a_frozen_store_past_max_staleness_gets_503_within_the_bound() -> None:
     """A frozen store past max_staleness: the request gets its 503 after sync_timeout, not after the
     store's timeout."""
