@@ -51,7 +51,7 @@ _OPENERS: Mapping[str, tuple[str, str]] = {
     "redis+unix": (".backends.redis.url", "redis"),
     "redis+cluster": (".backends.redis.url", "redis"),
     "redis+sentinel": (".backends.redis.url", "redis"),
-    "zookeeper": (".backends.zookeeper_url", "zookeeper"),
+    "zookeeper": (".backends.zookeeper.url", "zookeeper"),
     "sqlite": (".backends.tortoise.url", "tortoise"),
     "postgres": (".backends.tortoise.url", "postgres"),
     "postgresql": (".backends.tortoise.url", "postgres"),
@@ -232,6 +232,11 @@ def parse(url: str) -> tuple[StoreURL, dict[str, Any]]:
     """Parse ``url`` once: the ``StoreURL`` for its opener, and the dict's options, typed."""
     if not isinstance(url, str):
         raise TypeError(f"open_dict() takes a URL string, not {type(url).__name__}")
+    if url.strip().lower().startswith("sqlite://:memory:"):
+        raise ValueError(
+            "sqlite://:memory: would be a database that only the dict's own connection sees: use "
+            "memory:// for a store in this process, or an SQLite file (sqlite:///file.db)"
+        )
     try:
         parts = urlsplit(url.strip())
         if "," not in parts.netloc:
@@ -274,7 +279,7 @@ def open_dict(url: str, **opts: Unpack[DictOptions]) -> AsyncDurableDict[Any]:
     """An unopened dict on the store ``url`` names; it owns, and closes, the client it makes.
 
     Schemes: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS),
-    ``redis+unix:///path/to/socket``, ``zookeeper://host:port[,host:port…]/znode/path``,
+    ``redis+unix:///path/to/socket``, ``zookeeper://[user:password@]host:port[,host:port…]/path``,
     ``sqlite:///relative.db`` or ``sqlite:////absolute.db``, ``postgres://`` (or ``postgresql://``)
     ``user:password@host:port/database``, ``mysql://user:password@host:port/database`` (MySQL or
     MariaDB), ``memory://[name]`` (one store per name and process).

@@ -11,15 +11,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 if TYPE_CHECKING:
-    from ._backend import Backend, PushBackend
-    from ._sync import Syncer
+    from ._backend import Backend, Delta, PushBackend
 
-__all__ = ["Backoff", "SubscriptionEndedError", "WatcherTask", "describe", "first_error", "watch"]
+
+class Syncer(Protocol):
+    """What the watcher asks of the syncer it keeps fresh (``_sync.Syncer``)."""
+
+    name: str
+    push: PushBackend | None
+    heartbeat: float
+    check_interval: float
+    poll_interval: float
+    resync: asyncio.Event
+
+    async def check(self, *, watcher: bool = ...) -> None: ...
+
+    async def ensure_started(self, timeout: float | None = ...) -> None: ...
+
+    def on_notice(self, delta: Delta) -> None: ...
+
+    def went_live(self) -> None: ...
+
+    def checked(self) -> None: ...
+
+    def lost(self, error: BaseException) -> None: ...
+
+    def orphan(self) -> None: ...
+
+    def watcher_ended(self) -> None: ...
+
+__all__ = ["Backoff", "SubscriptionEndedError", "Syncer", "WatcherTask", "describe", "first_error", "watch"]
 
 log = logging.getLogger("aiodurabledict")
 

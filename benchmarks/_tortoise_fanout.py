@@ -35,7 +35,7 @@ async def _arrived(d: AsyncDurableDict[Any], value: int) -> None:
             if change.key == "k" and change.new == value:
                 return
     finally:
-        await changes.aclose()  # type: ignore[attr-defined]
+        await changes.aclose()
 
 
 async def _raw_hops(url: str, count: int) -> list[float]:

@@ -1,9 +1,13 @@
-"""ZookeeperDict: open, sync after one change, and propagation from another process vs a raw watch.
+"""ZookeeperDict: open, sync, propagation from another process, and a leader's death on an ensemble.
 
-Needs a ZooKeeper server (AIODURABLEDICT_ZOOKEEPER, default 127.0.0.1:2181). Baselines, measured in
-the same run: open against one ``get`` per key in turn (what a naive reload does); sync against one
-bare round trip (``exists``); propagation against a raw data watch fired by the same writer process,
-and against that watch followed by the read of the node (the least a follower needs for the value).
+Needs a ZooKeeper server (AIODURABLEDICT_ZOOKEEPER, default 127.0.0.1:2181); the sync rows also run
+on the shared ensemble when AIODURABLEDICT_ZOOKEEPER_ENSEMBLE names it, and the failover rows start a
+private ensemble of their own (Debian's ZooKeeper jars). Baselines, measured in the same run: open
+against one ``get`` per key in turn (what a naive reload does); ``sync()`` against one raw ``get``
+(timed in alternation); propagation against a raw data watch fired by the same writer process, and
+against that watch followed by the read of the node (the least a follower needs for the value); the
+time from killing the leader to every dict equal to the tree against the election itself (the
+time until a quorum with a new leader serves), medians over several kills.
 
 Run alone: ``python -m benchmarks.run --only zookeeper``. ``python -m benchmarks.bench_zookeeper
 writer ADDRESS PATH RAW`` is the writer process the propagation figures use.
@@ -19,9 +23,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import Report, measure_async, timing_of
+from benchmarks._harness import Report, compare_async, measure_async, timing_of
 
 ADDRESS = os.environ.get("AIODURABLEDICT_ZOOKEEPER", "127.0.0.1:2181")
+ENSEMBLE = os.environ.get("AIODURABLEDICT_ZOOKEEPER_ENSEMBLE", "")
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "zookeeper"
 
@@ -62,8 +67,8 @@ async def _delete_tree(client: Any, path: str) -> None:
 
 
 async def run(report: Report, quick: bool) -> None:
-    """Every figure at each N, on a fresh znode per N."""
-    from aiodurabledict.backends.zookeeper import ZookeeperBackend, ZookeeperDict, close_client
+    """Every figure at each N, on a fresh znode per N; then the ensemble's rows."""
+    from aiodurabledict.backends.zookeeper import ZookeeperBackend, close_client
 
     try:
         client = await _client()
@@ -80,13 +85,31 @@ async def run(report: Report, quick: bool) -> None:
             await _populate(backend, n)
             try:
                 await _bench_open(report, client, path, n, repeats)
-                await _bench_sync(report, client, path, n, repeats)
+                await _bench_sync(report, client, ADDRESS, path, n, repeats, "")
                 await _bench_propagation(report, client, path, n, 20 if quick else 200)
             finally:
                 await _delete_tree(client, path)
     finally:
         await close_client(client, 2.0)
-    del ZookeeperDict  # imported above only to fail early without the extra
+    if ENSEMBLE:
+        await _bench_ensemble_sync(report, repeats)
+    await _bench_failover(report, kills=3 if quick else 7)
+
+
+async def _bench_ensemble_sync(report: Report, repeats: int) -> None:
+    """sync() on the shared ensemble: its sync goes through the leader, a raw get does not."""
+    from aiodurabledict.backends.zookeeper import ZookeeperBackend, close_client
+
+    client = await _client(ENSEMBLE)
+    path = f"/aiodurabledict-bench/{uuid.uuid4().hex}"
+    try:
+        backend = ZookeeperBackend(path, client)
+        await backend.start()
+        await _populate(backend, 1000)
+        await _bench_sync(report, client, ENSEMBLE, path, 1000, repeats, " (ensemble)")
+    finally:
+        await _delete_tree(client, path)
+        await close_client(client, 2.0)
 
 
 async def _bench_open(report: Report, client: Any, path: str, n: int, repeats: int) -> None:
@@ -108,12 +131,20 @@ async def _bench_open(report: Report, client: Any, path: str, n: int, repeats: i
     report.add(GROUP, "open (load every key)", timing, n=n, baseline="one get per key", baseline_timing=base)
 
 
-async def _bench_sync(report: Report, client: Any, path: str, n: int, repeats: int) -> None:
-    from aiodurabledict.backends.zookeeper import ZookeeperBackend, ZookeeperDict
+async def _bench_sync(
+    report: Report, client: Any, address: str, path: str, n: int, repeats: int, where: str
+) -> None:
+    """sync() after one change and with nothing changed (without and with a live watcher), each
+    timed in alternation with one raw ``get`` of the dict's node on the same client."""
+    from aiodurabledict.backends.zookeeper import ZookeeperBackend, ZookeeperDict, close_client
 
-    other = await _client()
+    other = await _client(address)
     writer = ZookeeperBackend(path, other)
     counter = 0
+
+    async def get() -> None:
+        await client.get(path)
+
     try:
         async with ZookeeperDict[Any](path, client, watch=False) as d:
 
@@ -122,26 +153,40 @@ async def _bench_sync(report: Report, client: Any, path: str, n: int, repeats: i
                 counter += 1
                 await writer.set("key1", b"%d" % counter)
 
-            async def sync() -> None:
-                await d.sync()
-
-            async def unchanged() -> None:
-                await d.sync()
-
-            async def exists() -> None:
-                await client.exists(path)
-
-            changed = await measure_async(sync, repeats=repeats * 3, setup=change)
-            same = await measure_async(unchanged, repeats=repeats * 3)
-            rtt = await measure_async(exists, repeats=repeats * 3)
+            changed = await measure_async(d.sync, repeats=repeats * 3, setup=change)
+            base = await measure_async(get, repeats=repeats * 3)
+            report.add(
+                GROUP,
+                f"sync() after one change{where}",
+                changed,
+                n=n,
+                baseline="one raw get",
+                baseline_timing=base,
+            )
             assert d["key1"] == counter
-        report.add(
-            GROUP, "sync after one change", changed, n=n, baseline="one round trip", baseline_timing=rtt
-        )
-        report.add(GROUP, "sync, nothing changed", same, n=n, baseline="one round trip", baseline_timing=rtt)
+            same, base = await compare_async(d.sync, get, repeats=repeats * 3, inner=10)
+            report.add(
+                GROUP,
+                f"sync() unchanged, no watcher{where}",
+                same,
+                n=n,
+                baseline="one raw get",
+                baseline_timing=base,
+                note="one request" if not where else "a sync pipelined with the read: one round trip",
+            )
+        async with ZookeeperDict[Any](path, client) as live:
+            while not live.live:
+                await asyncio.sleep(0.01)
+            same, base = await compare_async(live.sync, get, repeats=repeats * 3, inner=10)
+            report.add(
+                GROUP,
+                f"sync() unchanged, live watcher{where}",
+                same,
+                n=n,
+                baseline="one raw get",
+                baseline_timing=base,
+            )
     finally:
-        from aiodurabledict.backends.zookeeper import close_client
-
         await close_client(other, 2.0)
 
 
@@ -247,6 +292,89 @@ async def _bench_propagation(report: Report, client: Any, path: str, n: int, cou
         baseline="raw watch, then get",
         baseline_timing=read,
     )
+
+
+async def _bench_failover(report: Report, kills: int) -> None:
+    """Kill the leader of a private 3-peer ensemble ``kills`` times; each time, time the election
+    (until a quorum with a new leader serves) and the time until every dict (4 watching dicts, each
+    with its own client) holds the value a writer wrote right after the kill."""
+    try:
+        from tests.servers import ZookeeperEnsemble
+    except ImportError as exc:
+        print(f"   no private ensemble ({exc}); failover rows skipped", file=sys.stderr)
+        return
+    from aiodurabledict.backends.zookeeper import ZookeeperDict
+
+    try:
+        ensemble = await ZookeeperEnsemble().astart()
+    except Exception as exc:  # noqa: BLE001 - the ensemble's own failure is reported, the rest runs
+        print(
+            f"   the private ensemble did not start ({type(exc).__name__}: {exc}); skipped", file=sys.stderr
+        )
+        return
+    elections: list[float] = []
+    recoveries: list[float] = []
+    try:
+        path = f"/aiodurabledict-bench/{uuid.uuid4().hex}"
+        servers = ensemble.connect_string
+        dicts = [ZookeeperDict[Any](path, _unstarted(servers), owns_client=True) for _ in range(4)]
+        writer = ZookeeperDict[Any](path, _unstarted(servers), owns_client=True, watch=False, timeout=2.0)
+        for d in (*dicts, writer):
+            await d.open()
+        try:
+            for kill in range(kills):
+                await writer.set("k", -kill)
+                while not all(d.view.get("k") == -kill for d in dicts):
+                    await asyncio.sleep(0.005)
+                leader = await ensemble.await_for_quorum()
+                started = time.perf_counter_ns()
+                leader.kill()
+                election = asyncio.create_task(_election(ensemble, started))
+                while True:
+                    try:
+                        await writer.set("k", kill + 1)
+                        break
+                    except Exception:  # noqa: BLE001 - the writer retries until the ensemble takes it
+                        await asyncio.sleep(0.01)
+                while not all(d.view.get("k") == kill + 1 for d in dicts):
+                    await asyncio.sleep(0.002)
+                recoveries.append(time.perf_counter_ns() - started)
+                elections.append(await election)
+                await leader.astart()
+                await ensemble.await_for_quorum()
+        finally:
+            for d in (*dicts, writer):
+                await d.aclose()
+    finally:
+        ensemble.close()
+    election_timing, recovery = timing_of(elections), timing_of(recoveries)
+    report.add(GROUP, "leader killed: election (quorum serves again)", election_timing, n=kills)
+    report.add(
+        GROUP,
+        "leader killed: every dict equal to the tree",
+        recovery,
+        n=kills,
+        baseline="election",
+        baseline_timing=election_timing,
+        note=f"median {(recovery.median - election_timing.median) / 1e9:+.2f} s over the election (goal: +1 s at most)",
+    )
+
+
+def _unstarted(servers: str) -> Any:
+    import aiozk
+
+    return aiozk.ZKClient(servers, session_timeout=10)
+
+
+async def _election(ensemble: Any, started: int) -> float:
+    """Nanoseconds from ``started`` until a peer that was a follower serves as leader."""
+    while True:
+        try:
+            await asyncio.to_thread(ensemble.leader)
+        except LookupError:
+            await asyncio.sleep(0.01)
+            continue
+        return float(time.perf_counter_ns() - started)
 
 
 async def _writer(address: str, path: str, raw_path: str) -> None:

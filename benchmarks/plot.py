@@ -30,38 +30,45 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _propagation(rows: list[dict[str, Any]], directory: Path) -> Path | None:
+    """Cumulative delays, one hue per store: its measured curve solid, its floor (the raw push or
+    poll it rides on) dashed, p50 (circle) and p99 (triangle) marked on each curve."""
     import matplotlib.pyplot as plt
 
     kept = [r for r in rows if r.get("samples_ns")]
     if not kept:
         return None
-    fig, ax = plt.subplots(figsize=(9, 5))
+    palette = plt.get_cmap("tab10")
+    hues: dict[str, Any] = {}
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     floors: set[str] = set()
     for row in kept:
-        samples = sorted(s / 1000 for s in row["samples_ns"])
-        ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))], label=_label(row))
+        color = hues.setdefault(str(row["group"]), palette(len(hues) % 10))
+        _cumulative(ax, row["samples_ns"], color=color, linestyle="-", label=_label(row))
         base = row.get("baseline_samples_ns")
         floor = f"{row['group']}: {row['baseline']}"
         if base and floor not in floors:
             floors.add(floor)
-            ordered = sorted(s / 1000 for s in base)
-            ax.plot(
-                ordered,
-                [(i + 1) / len(ordered) for i in range(len(ordered))],
-                linestyle="--",
-                label=f"{floor} (floor)",
-            )
+            _cumulative(ax, base, color=color, linestyle="--", label=f"{floor} (floor)")
     ax.set_xscale("log")
     ax.set_xlabel("delay from the writer process to the reader's cache (µs, log scale)")
     ax.set_ylabel("fraction of writes seen")
-    ax.set_title("Propagation between processes on loopback (cumulative)")
+    ax.set_title("Propagation between processes on loopback (cumulative; ○ p50, △ p99)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = directory / "propagation.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _cumulative(ax: Any, samples_ns: list[float], *, color: Any, linestyle: str, label: str) -> None:
+    samples = sorted(s / 1000 for s in samples_ns)
+    fractions = [(i + 1) / len(samples) for i in range(len(samples))]
+    ax.plot(samples, fractions, color=color, linestyle=linestyle, label=label)
+    for q, marker in ((0.5, "o"), (0.99, "^")):
+        i = min(len(samples) - 1, max(0, round(q * len(samples)) - 1))
+        ax.plot([samples[i]], [fractions[i]], marker=marker, color=color, markersize=5, linestyle="none")
 
 
 def _sync_vs_n(rows: list[dict[str, Any]], directory: Path) -> Path | None:

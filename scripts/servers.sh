@@ -28,6 +28,8 @@
 #   install install whichever of the servers' Debian packages is missing (the fault tests run
 #           private instances, so they need the binaries even where the shared servers run elsewhere).
 #
+# Each wait for a server started here is bounded by $AIODURABLEDICT_SERVERS_WAIT seconds (default 90);
+# an engine found running gets $AIODURABLEDICT_SERVERS_SETTLE seconds (default 20) to look healthy.
 # State (pids, logs, data) lives in $AIODURABLEDICT_SERVERS_DIR (default: <project>/.servers).
 # PostgreSQL data, when this script has to create a cluster, lives under /tmp (the postgres user
 # must be able to reach it, which a project folder under /root would not allow).
@@ -648,6 +650,15 @@ sentinel_current_master() {
     echo "$HOST:${SD_PORTS[0]}"
 }
 
+# True when every server but the master $1 replicates it with its link up.
+sentinel_replicas_linked() {
+    local port
+    for port in "${SD_PORTS[@]}"; do
+        [[ "$HOST:$port" == "$1" ]] && continue
+        [[ "$(redis_field "$port" master_link_status replication)" == up ]] || return 1
+    done
+}
+
 start_redis_sentinel() {
     need_redis
     local port started=0 answering=0 master logs=() wait
@@ -674,6 +685,12 @@ start_redis_sentinel() {
             redis-server "$SN_DIR/$port/redis.conf"
         started=$((started + 1))
     done
+    if ((started > 0)); then
+        # Sentinels find replicas in the master's INFO, asked at once and then every 10 s: have the
+        # replica connected before they start.
+        retry_for "$WAIT_SECONDS" sentinel_replicas_linked "$master" \
+            || die_broken "redis-sentinel: the replica of $master did not sync" "${logs[@]}"
+    fi
     for port in "${SN_PORTS[@]}"; do
         logs+=("$STATE/sentinel-$port.log")
         port_open "$port" && continue
@@ -698,6 +715,13 @@ CONF
     for port in "${SD_PORTS[@]}" "${SN_PORTS[@]}"; do
         retry_for "$wait" redis_port_ready "$port" \
             || die_broken "redis-sentinel: nothing answers PING on $HOST:$port" "${logs[@]}"
+    done
+    # Timers for a 1 s down-after (they are not saved: set at every start). By default a sentinel
+    # PINGs every second, so one late reply looks like a dead master; it reads roles from INFO
+    # every 10 s and hears of the other sentinels every 2 s; a 2 s stall idles it (TILT) for 30 s.
+    for port in "${SN_PORTS[@]}"; do
+        [[ "$(rcli "$port" sentinel debug ping-period 200 info-period 1000 publish-period 500 \
+            ask-period 200 tilt-period 5000)" == OK ]] || log "redis-sentinel: $HOST:$port refused SENTINEL DEBUG"
     done
     if ! retry_for "$wait" redis_sentinel_ok; then
         log "redis-sentinel: BROKEN after ${wait}s:"

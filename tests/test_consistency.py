@@ -41,11 +41,11 @@ class _GatedReads(MemoryBackend):
         super().__init__(store)
         self.gate = asyncio.Event()
         self.gate.set()
-        self.read = asyncio.Event()
+        self.reached = asyncio.Event()
 
     async def changes_since(self, version: int) -> Delta:
         answer = await super().changes_since(version)
-        self.read.set()
+        self.reached.set()
         await self.gate.wait()
         return answer
 
@@ -60,9 +60,9 @@ async def test_a_check_sent_before_the_call_is_not_shared() -> None:
         MemoryDict(store, watch=False) as writer,
     ):
         backend.gate.clear()
-        backend.read.clear()
+        backend.reached.clear()
         first = asyncio.create_task(reader.sync())
-        await backend.read.wait()
+        await backend.reached.wait()
         await writer.set("k", 1)
         second = asyncio.create_task(reader.sync())
         await asyncio.sleep(0.01)
@@ -126,11 +126,11 @@ class _SlowPop(MemoryBackend):
     def __init__(self, store: MemoryStore) -> None:
         super().__init__(store)
         self.gate = asyncio.Event()
-        self.read = asyncio.Event()
+        self.reached = asyncio.Event()
 
     async def pop(self, key: str) -> tuple[Delta, bytes | None]:
         answer = await super().pop(key)
-        self.read.set()
+        self.reached.set()
         await self.gate.wait()
         return answer
 
@@ -143,7 +143,7 @@ async def test_an_absent_pop_racing_a_set_never_hides_the_key() -> None:
     async with AsyncDurableDict[Any](backend, heartbeat=60) as a, MemoryDict(store, watch=False) as b:
         await eventually(lambda: a.live)
         popping = asyncio.create_task(a.pop("k", None))
-        await backend.read.wait()
+        await backend.reached.wait()
         await b.set("k", 1)
         await eventually(lambda: "k" in a)
         backend.gate.set()

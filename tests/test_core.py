@@ -289,8 +289,13 @@ async def test_never_closed_warns() -> None:
 
 async def test_bad_options_are_refused() -> None:
     """Nonsense options fail at construction, before any I/O."""
-    opts: dict[str, Any]
-    for opts in ({"heartbeat": 0}, {"timeout": -1}, {"max_staleness": 0}, {"poll_interval": 0}):
+    cases: list[dict[str, Any]] = [
+        {"heartbeat": 0},
+        {"timeout": -1},
+        {"max_staleness": 0},
+        {"poll_interval": 0},
+    ]
+    for opts in cases:
         with pytest.raises(ValueError, match=next(iter(opts))):
             MemoryDict(None, **opts)
 

@@ -292,15 +292,23 @@ class RedisClusterServers(ServerGroup[RedisClusterNode]):
 
     def _rejoin_problems(self, node: RedisClusterNode) -> list[str]:
         problems = self._problems()
+        own = [
+            v
+            for v in parse_cluster_nodes(try_redis_call(node.port, "CLUSTER", "NODES") or "")
+            if "myself" in v.flags
+        ]
+        if not own:
+            return [*problems, f"{node.address} does not answer CLUSTER NODES"]
+        role = (own[0].is_master, own[0].master_id)
+        if own[0].is_master and not self.slots_of(node):
+            problems.append(f"{node.address} is a master without slots")
+        if not own[0].is_master and node.info().get("master_link_status") != "up":
+            problems.append(f"{node.address} is not in sync with its master yet")
         for other in self._serving():
             views = parse_cluster_nodes(try_redis_call(other.port, "CLUSTER", "NODES") or "")
-            mine = [v for v in views if v.port == node.port]
-            if not mine or mine[0].failed:
-                problems.append(f"{other.address} does not see {node.address} healthy")
-            elif other is node and not mine[0].is_master and node.info().get("master_link_status") != "up":
-                problems.append(f"{node.address} is not in sync with its master yet")
-            elif other is node and mine[0].is_master and not self.slots_of(node):
-                problems.append(f"{node.address} is a master without slots")
+            seen = [v for v in views if v.port == node.port]
+            if not seen or seen[0].failed or (seen[0].is_master, seen[0].master_id) != role:
+                problems.append(f"{other.address} does not see {node.address} healthy, in its role yet")
         return problems
 
     # failovers

@@ -18,6 +18,19 @@ from tests.servers._base import HOST, Server, ServerError, free_ports, serve, wa
 from tests.servers._group import ServerGroup
 from tests.servers._redis import RedisNode, try_redis_call, wait_replicated
 
+# Sentinel timers (milliseconds) for fast and steady tests, set at every start (they are not saved).
+# By default a sentinel PINGs every second: with a 1 s down-after a single late reply looks like a
+# dead master (then a needless second failover). It learns roles from INFO every 10 s and hears of
+# the other sentinels every 2 s: slow to notice a restarted node or to start. A 2 s stall (a busy
+# machine) puts it in TILT, idle for 30 s.
+SENTINEL_TIMERS = (
+    "ping-period", 200,
+    "info-period", 1000,
+    "publish-period", 500,
+    "ask-period", 200,
+    "tilt-period", 5000,
+)  # fmt: skip
+
 
 class SentinelDataNode(RedisNode):
     """A master or replica the sentinels watch. Its configuration file is written once: the
@@ -93,6 +106,10 @@ class SentinelNode(RedisNode):
 
     def _command(self) -> list[str]:
         return [self._binary, str(self.config), "--sentinel"]
+
+    def _wait_ready(self) -> None:
+        super()._wait_ready()
+        self.call("SENTINEL", "DEBUG", *SENTINEL_TIMERS)
 
 
 class RedisSentinelSet(ServerGroup[Server]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from aiodurabledict import AsyncDurableDict
 from aiodurabledict.testing.conformance import Factory
-from tests.servers import answers, unavailable, zookeeper_address
+from tests.servers import answers, require_zookeeper_ensemble, unavailable, zookeeper_address
 
 ZOOKEEPER = zookeeper_address()
 
@@ -34,6 +34,33 @@ async def delete_tree(client: Any, path: str) -> None:
         await client.delete(path, force=True)
 
 
+class Requests:
+    """Records the requests a started client writes on its connection (pings left out).
+
+    ``count`` leaves out ``sync`` too: it is pipelined with the read after it, in the same round trip.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.sent: list[str] = []
+        conn = client.session.conn
+        send = conn.send
+
+        def recorded(request: Any, xid: int | None = None) -> Any:
+            name = type(request).__name__
+            if name != "PingRequest":
+                self.sent.append(name)
+            return send(request, xid=xid)
+
+        conn.send = recorded
+
+    @property
+    def count(self) -> int:
+        return sum(1 for name in self.sent if name != "SyncRequest")
+
+    def reset(self) -> None:
+        self.sent.clear()
+
+
 async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
     """A started aiozk client, or a skip (a failure in CI) when the server does not answer."""
     try:
@@ -42,7 +69,7 @@ async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
         from aiodurabledict.backends.zookeeper import close_client
     except ImportError:
         unavailable("aiozk is not installed")
-    if not answers(servers):
+    if not any(answers(server) for server in servers.split(",")):
         unavailable(f"ZooKeeper does not answer at {servers}")
     options.setdefault("session_timeout", 10)
     client = aiozk.ZKClient(servers, **options)
@@ -56,11 +83,18 @@ async def start_client(servers: str = ZOOKEEPER, **options: Any) -> Any:
 
 
 @asynccontextmanager
-async def zookeeper_znode(servers: str = ZOOKEEPER) -> AsyncIterator[tuple[str, list[Any]]]:
-    """A fresh znode path and a list that collects clients to close; deletes the tree afterwards."""
+async def zookeeper_znode(
+    servers: str = ZOOKEEPER, *, auth: Sequence[Any] = ()
+) -> AsyncIterator[tuple[str, list[Any]]]:
+    """A fresh znode path and a list that collects clients to close; deletes the tree afterwards
+    (as the users of the digest ``Credentials`` in ``auth``, for nodes only they may delete)."""
+    from aiozk import protocol
+
     from aiodurabledict.backends.zookeeper import close_client
 
     admin = await start_client(servers)
+    for credentials in auth:
+        await admin.send(protocol.AuthRequest(type=0, scheme="digest", auth=credentials.auth))
     path = f"/aiodurabledict-test/{uuid.uuid4().hex}"
     clients: list[Any] = []
     try:
@@ -74,26 +108,28 @@ async def zookeeper_znode(servers: str = ZOOKEEPER) -> AsyncIterator[tuple[str, 
                 await close_client(client, 2.0)
 
 
-def _zookeeper(*, log_keep: int | None = None, heartbeat: float = 2.0) -> Any:
+def _zookeeper(
+    *, log_keep: int | None = None, heartbeat: float = 2.0, servers: Callable[[], str] = lambda: ZOOKEEPER
+) -> Any:
     @asynccontextmanager
     async def factory(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         import aiozk
 
-        from aiodurabledict.backends import zookeeper
+        from aiodurabledict.backends.zookeeper import ZookeeperDict
 
-        async with zookeeper_znode() as (path, clients):
-            if log_keep is not None:
-                # Trim after every write down to a tiny log, so most reads fall back to a reload.
-                request.getfixturevalue("monkeypatch").setattr(zookeeper, "_LOG_KEEP", log_keep)
-                request.getfixturevalue("monkeypatch").setattr(zookeeper, "_TRIM_EVERY", 1)
+        connect = servers()
+        async with zookeeper_znode(connect) as (path, clients):
 
             async def make(**opts: Any) -> AsyncDurableDict[Any]:
                 # Unstarted and owned: the dict starts the client on open() and closes it with
                 # every task it ran on aclose().
-                client = aiozk.ZKClient(ZOOKEEPER, session_timeout=10)
+                client = aiozk.ZKClient(connect, session_timeout=10)
                 clients.append(client)
                 opts.setdefault("heartbeat", heartbeat)
-                return zookeeper.ZookeeperDict(path, client, owns_client=True, **opts)
+                if log_keep is not None:
+                    # A log of one entry: most reads fall back to a reload.
+                    opts.setdefault("log_keep", log_keep)
+                return ZookeeperDict(path, client, owns_client=True, **opts)
 
             yield make
 
@@ -104,5 +140,8 @@ PARAMS = [
     pytest.param(_zookeeper(), id="zookeeper", marks=pytest.mark.zookeeper),
     pytest.param(
         _zookeeper(log_keep=1, heartbeat=0.3), id="zookeeper-short-log", marks=pytest.mark.zookeeper
+    ),
+    pytest.param(
+        _zookeeper(servers=require_zookeeper_ensemble), id="zookeeper-ensemble", marks=pytest.mark.zookeeper
     ),
 ]
