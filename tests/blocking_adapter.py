@@ -55,6 +55,12 @@ class SharedLoopBackend:
         return relayed
 
 
+@functools.cache
+def _relay_class(name: str) -> type[SharedLoopBackend]:
+    """``SharedLoopBackend`` under the relayed backend's class name, which the suite's messages show."""
+    return type(name, (SharedLoopBackend,), {})
+
+
 class _Changes:
     """The dict's own change stream, consumed on the shared loop (where it is fed)."""
 
@@ -183,7 +189,8 @@ class BlockingAdapter:
 
     @property
     def backend(self) -> Backend:
-        return cast(Backend, SharedLoopBackend(self._inner.backend))
+        inner = self._inner.backend
+        return cast(Backend, _relay_class(type(inner).__name__)(inner))
 
     def changes(self) -> AsyncIterator[Change[Any]]:
         return _Changes(self._inner.changes())
