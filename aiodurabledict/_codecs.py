@@ -17,9 +17,11 @@ class Codec(Protocol):
     it as ``EncodeError``); ``decode`` raises ``ValueError`` for bytes it cannot read (``DecodeError``).
     """
 
-    def encode(self, value: Any) -> bytes: ...
+    def encode(self, value: Any) -> bytes:
+        """The bytes that store ``value``."""
 
-    def decode(self, data: bytes) -> Any: ...
+    def decode(self, data: bytes) -> Any:
+        """The value ``data`` holds."""
 
 
 class JSONCodec:
@@ -32,9 +34,11 @@ class JSONCodec:
         self._decoder = json.JSONDecoder()
 
     def encode(self, value: Any) -> bytes:
+        """``value`` as compact UTF-8 JSON."""
         return self._encoder.encode(value).encode("utf-8")
 
     def decode(self, data: bytes) -> Any:
+        """The value of UTF-8 JSON ``data``."""
         # json.loads accepts bytes and detects the encoding; decoding ourselves is stricter.
         return self._decoder.decode(data.decode("utf-8"))
 
@@ -55,12 +59,14 @@ class PickleCodec:
         self.protocol: int = protocol
 
     def encode(self, value: Any) -> bytes:
+        """``value`` pickled; ``TypeError`` when it cannot be."""
         try:
             return pickle.dumps(value, protocol=self.protocol)
         except (pickle.PicklingError, AttributeError) as exc:
             raise TypeError(str(exc)) from exc
 
     def decode(self, data: bytes) -> Any:
+        """The unpickled value (runs code the writer chose); ``ValueError`` when it fails."""
         try:
             return pickle.loads(data)  # noqa: S301 - opt-in, documented as unsafe
         except Exception as exc:
@@ -76,11 +82,13 @@ class RawCodec:
     __slots__ = ()
 
     def encode(self, value: Any) -> bytes:
+        """``value`` as ``bytes``; ``TypeError`` for anything but bytes-like values."""
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError(f"RawCodec stores bytes, not {type(value).__name__}")
         return bytes(value)
 
     def decode(self, data: bytes) -> Any:
+        """``data`` itself, as ``bytes``."""
         return bytes(data)
 
     def __repr__(self) -> str:

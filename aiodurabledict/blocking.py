@@ -31,7 +31,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
-from typing import Any, Generic, Self, TypeVar, Unpack, overload
+from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
 
 from ._dict import AsyncDurableDict
 from ._types import DictOptions, Missing, Status
@@ -312,7 +312,7 @@ class BlockingDict(Generic[V]):
             return self._fresh() == other._fresh()
         return self._fresh() == other
 
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as dict is
+    __hash__: ClassVar[None] = None  # type: ignore[assignment]  # mutable: unhashable, as dict is
 
     @property
     def view(self) -> Mapping[str, V]:

@@ -19,11 +19,11 @@ from typing import TypeVar
 try:
     from fastapi import HTTPException
     from starlette.requests import HTTPConnection
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        f"aiodurabledict.fastapi needs FastAPI (missing module {exc.name!r}): pip install 'aiodurabledict[fastapi]'",
-        name=exc.name,
-    ) from exc
+        f"aiodurabledict.fastapi needs FastAPI (missing module {_exc.name!r}): pip install 'aiodurabledict[fastapi]'",
+        name=_exc.name,
+    ) from _exc
 
 from ._dict import AsyncDurableDict
 from .asgi import (

@@ -25,10 +25,10 @@ try:
     from opentelemetry import metrics, trace
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import Status, StatusCode
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "aiodurabledict.otel needs OpenTelemetry: pip install 'aiodurabledict[otel]'", name=exc.name
-    ) from exc
+        "aiodurabledict.otel needs OpenTelemetry: pip install 'aiodurabledict[otel]'", name=_exc.name
+    ) from _exc
 
 from . import _observe
 

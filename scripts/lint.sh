@@ -51,8 +51,10 @@ fi
 if [[ "$what" == all || "$what" == pyright ]]; then
     # The package as users import it: every public name's type known to a type checker. Run from
     # another folder with the checkout on the path, so that pyright finds the sources themselves.
+    # --verifytypes resolves imports with the first python on PATH (it ignores --pythonpath): the
+    # venv's comes first, or redis-py and Tortoise would be missing and every model's base unknown.
     echo "lint: pyright --verifytypes aiodurabledict" >&2
-    (cd "$(mktemp -d)" && PYTHONPATH="$ROOT" "$BIN/pyright" --pythonpath "$BIN/python" \
+    (cd "$(mktemp -d)" && PATH="$BIN:$PATH" PYTHONPATH="$ROOT" "$BIN/pyright" --pythonpath "$BIN/python" \
         --verifytypes aiodurabledict --ignoreexternal) || rc=1
 fi
 

@@ -149,17 +149,20 @@ class MemoryBackend:
         return f"MemoryBackend(0x{id(self.store):x})"
 
     async def start(self) -> None:
+        """Reach the store once, as a client connecting would (it fails while the store is ``failing``)."""
         await self.store._round_trip()
 
     async def aclose(self) -> None:
-        return None
+        """Nothing to close: the store belongs to whoever made it."""
 
     async def load(self) -> Delta:
+        """Every entry, the version and its token."""
         store = self.store
         await store._round_trip()
         return Delta(store.version, dict(store.items), full=True, token=store.token)
 
     async def changes_since(self, version: int) -> Delta:
+        """What changed after ``version``; everything when the log cannot tell."""
         store = self.store
         await store._round_trip()
         if version < store.horizon or version > store.version:
@@ -175,10 +178,12 @@ class MemoryBackend:
         )
 
     async def set(self, key: str, value: bytes) -> Delta:
+        """Store ``value`` under ``key``."""
         await self.store._round_trip()
         return self.store._commit({key: value})
 
     async def pop(self, key: str) -> tuple[Delta, bytes | None]:
+        """Delete ``key``; the commit and the value it held, or a reading when it is absent."""
         store = self.store
         await store._round_trip()
         old = store.items.get(key)
@@ -187,6 +192,7 @@ class MemoryBackend:
         return store._commit({key: None}), old
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
+        """Store ``value`` unless ``key`` is present; the delta and the value the key holds."""
         store = self.store
         await store._round_trip()
         existing = store.items.get(key)
@@ -195,10 +201,12 @@ class MemoryBackend:
         return store._commit({key: value}), value
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
+        """Store every item in one commit."""
         await self.store._round_trip()
         return self.store._commit(items)
 
     async def clear(self) -> Delta:
+        """Delete every key in one commit; a reading when the store is already empty."""
         store = self.store
         await store._round_trip()
         if not store.items:
@@ -206,11 +214,13 @@ class MemoryBackend:
         return store._commit(dict.fromkeys(store.items))
 
     async def read(self, key: str) -> Delta:
+        """One key as the store holds it now, with the version and token."""
         store = self.store
         await store._round_trip()
         return store.reading({key: store.items.get(key)})
 
     async def drop(self) -> None:
+        """Forget everything: entries, change log, version and token."""
         store = self.store
         await store._round_trip()
         store.items, store.log, store.history = {}, {}, {}
@@ -219,6 +229,7 @@ class MemoryBackend:
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None
     ) -> tuple[Delta, bool]:
+        """Store ``new`` (``None``: delete) if the stored value is ``expected`` (``None``: absent)."""
         store = self.store
         await store._round_trip()
         current = store.items.get(key)
@@ -230,6 +241,7 @@ class MemoryBackend:
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[AsyncIterator[Delta]]:
+        """Follow the store's commits (the notices it publishes), until the block ends."""
         store = self.store
         await store._round_trip()
         queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()

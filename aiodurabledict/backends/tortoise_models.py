@@ -4,9 +4,14 @@ defined in ``aiodurabledict.backends.tortoise.models``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .tortoise.models import DictChange, DictVersion, DurableEntry
+
+if TYPE_CHECKING:
+    from tortoise.models import Model
 
 __all__ = ["DictChange", "DictVersion", "DurableEntry"]
 
 # What Tortoise's app discovery registers from this module.
-__models__ = [DictVersion, DictChange, DurableEntry]
+__models__: list[type[Model]] = [DictVersion, DictChange, DurableEntry]

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 try:
     import redis  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("RedisDict needs redis-py: pip install 'aiodurabledict[redis]'", name=exc.name) from exc
+except ImportError as _exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "RedisDict needs redis-py: pip install 'aiodurabledict[redis]'", name=_exc.name
+    ) from _exc
 
 from ._backend import RedisBackend, RedisDict
 from .notices import parse_notice

@@ -27,7 +27,7 @@ from ._hub import Subscription
 from ._keys import decode_key, decoded_items, encode_key
 from ._lua import SCRIPTS
 from ._redispy import redis_errors
-from ._topology import topology_of
+from ._topology import Topology, topology_of
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -58,6 +58,17 @@ class RedisBackend:
     max_key_bytes = MAX_KEY_BYTES
     max_value_bytes: int | None = MAX_VALUE_BYTES
     poll_interval: float | None = None
+
+    #: The dict's Redis keys (see the module docstring), each also by name below.
+    keys: tuple[bytes, ...]
+    data_key: bytes
+    version_key: bytes
+    log_key: bytes
+    horizon_key: bytes
+    token_key: bytes
+    tokens_key: bytes
+    #: The channel of the dict's notices.
+    channel: bytes
 
     def __init__(
         self,
@@ -91,8 +102,8 @@ class RedisBackend:
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
         self.owns_client = owns_client
-        self.also_close = tuple(also_close)
-        self.topology = topology_of(connection)
+        self.also_close: tuple[Any, ...] = tuple(also_close)
+        self.topology: Topology = topology_of(connection)
         tag = "{" + keyspace + "}:"
         (
             self.data_key,
@@ -186,15 +197,18 @@ class RedisBackend:
     # a resent pop() finds the key gone and reports it absent.
 
     async def set(self, key: str, value: bytes) -> Delta:
+        """Store ``value`` under ``key``: one script call."""
         reply = await self._write("set", {key: value}, encode_key(key), value)
         return _delta(reply, {key: value})
 
     async def pop(self, key: str) -> tuple[Delta, bytes | None]:
+        """Delete ``key``; the commit and the value it held, or a reading when it is absent."""
         reply = await self._write("pop", {key: None}, encode_key(key))
         old: bytes | None = reply[4]
         return _delta(reply, {key: None}), old
 
     async def setdefault(self, key: str, value: bytes) -> tuple[Delta, bytes]:
+        """Store ``value`` unless ``key`` is present; the delta and the value the key holds."""
         reply = await self._write("setdefault", {key: value}, encode_key(key), value)
         if reply[2] is None:
             stored: bytes = reply[4]
@@ -202,6 +216,7 @@ class RedisBackend:
         return _delta(reply, {key: value}), value
 
     async def update(self, items: Mapping[str, bytes]) -> Delta:
+        """Store every item in one commit (one script call)."""
         args: list[bytes] = []
         for key, value in items.items():
             args += (encode_key(key), value)
@@ -209,12 +224,15 @@ class RedisBackend:
         return _delta(reply, dict(items) if reply[2] is not None else {})
 
     async def clear(self) -> Delta:
+        """Delete every key of the dict in one commit; a reading when it is already empty."""
         reply = await self._write("clear", None)
         return _delta(reply, _cleared(reply))
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes | None
     ) -> tuple[Delta, bool]:
+        """Store ``new`` (``None``: delete) if the stored value is ``expected`` (``None``: absent),
+        atomically in the script."""
         reply = await self._write(
             "compare_and_set",
             {key: new},

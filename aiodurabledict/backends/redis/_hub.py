@@ -66,7 +66,7 @@ class Hub:
     def __init__(self, link: Link, name: str) -> None:
         self.link = link
         self.name = name
-        self.loop = asyncio.get_running_loop()
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._channels: dict[bytes, weakref.WeakSet[Feed]] = {}
         self._confirmed: dict[bytes, asyncio.Future[None]] = {}
         self._leaving: Counter[bytes] = Counter()

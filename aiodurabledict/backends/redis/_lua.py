@@ -239,6 +239,11 @@ class Script:
 
     __slots__ = ("sha", "source")
 
+    #: The script with its prelude, as sent by EVAL.
+    source: bytes
+    #: Its SHA1 (hex), as EVALSHA names it.
+    sha: str
+
     def __init__(self, body: str, prelude: str = _PRELUDE) -> None:
         self.source = (prelude + body).encode()
         self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()
@@ -252,6 +257,7 @@ class Script:
         return ("EVAL", self.source, len(keys), *keys, *args)
 
     async def __call__(self, client: Any, keys: Sequence[bytes], args: Sequence[bytes | int | str]) -> Any:
+        """Run the script on ``client`` (EVALSHA, then EVAL when the server does not know it)."""
         try:
             return await client.execute_command(*self.evalsha(keys, args), NEVER_DECODE=True)
         except NoScriptError:

@@ -105,8 +105,8 @@ class TortoiseBackend:
             database if database is not None else AppDatabase(model, context, connection)
         )
         self._dialect = _dialect_class(self._database.kind)(cols, self._name, keyspace, log_keep)
-        self.max_key_bytes = cols.max_key_bytes
-        self.max_value_bytes = cols.max_value_bytes
+        self.max_key_bytes: int = cols.max_key_bytes
+        self.max_value_bytes: int | None = cols.max_value_bytes
         self.poll_interval = poll_interval
         self._cache = cache
         self._cache_timeout = cache_timeout

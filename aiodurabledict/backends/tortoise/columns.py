@@ -41,14 +41,16 @@ class Columns:
 
         self.table: str = meta.db_table
         self.schema: str | None = getattr(meta, "schema", None)
-        self.key, key_field = column(key_col, "key")
-        self.value, value_field = column(value_col, "value")
+        key, key_field = column(key_col, "key")
+        value, value_field = column(value_col, "value")
+        self.key: str = key
+        self.value: str = value
         if not isinstance(key_field, tfields.CharField | tfields.TextField):
             raise TypeError(
                 f"the key column {key_col!r} of {model.__name__} must be a CharField or TextField"
             )
         if isinstance(value_field, tfields.BinaryField):
-            self.binary = True
+            self.binary: bool = True
         elif isinstance(value_field, tfields.CharField | tfields.TextField):
             self.binary = False
         else:
@@ -57,7 +59,7 @@ class Columns:
             )
         max_length = getattr(key_field, "max_length", None)
         # A limit in characters is one in bytes too (a character is at least one byte).
-        self.max_key_bytes = int(max_length) if max_length else TEXT_KEY_BYTES
+        self.max_key_bytes: int = int(max_length) if max_length else TEXT_KEY_BYTES
         value_length = getattr(value_field, "max_length", None)
         self.max_value_bytes: int | None = int(value_length) if value_length else None
 

@@ -66,13 +66,13 @@ class AppDatabase:
                 "no Tortoise context is active: initialise Tortoise before building the dict "
                 "(or pass context=)"
             )
-        self.context = found
+        self._context = found
         bound = alias or _alias_of(model, found)
         if bound is None:
             raise ValueError(f"{model.__name__} is bound to no Tortoise connection; is it registered?")
         self.alias: str = bound
         # Making the client does no I/O; its class says what database it reaches, and through what.
-        client = self.context.connections.get(self.alias)
+        client = self._context.connections.get(self.alias)
         kind: str = client.capabilities.dialect
         if kind == "postgres" and not type(client).__module__.startswith("tortoise.backends.asyncpg"):
             kind = f"postgres through {type(client).__name__}"
@@ -80,19 +80,22 @@ class AppDatabase:
 
     @property
     def kind(self) -> str:
+        """The client's dialect (``sqlite``, ``postgres``, ``mysql``); PostgreSQL through another
+        driver than asyncpg says which."""
         return self._kind
 
     def __repr__(self) -> str:
         return f"connection {self.alias!r}"
 
     async def open(self) -> None:
-        return None
+        """Nothing to make: the connection is the application's."""
 
     async def aclose(self) -> None:
-        return None
+        """Nothing to close: the connection is the application's."""
 
     def client(self) -> BaseDBAsyncClient:
-        client = self.context.connections.get(self.alias)
+        """The context's client for this connection: the connection itself, never a transaction's wrapper."""
+        client = self._context.connections.get(self.alias)
         # Inside an application transaction the context hands out its wrapper; use the connection itself.
         while getattr(client, "_parent", None) is not None and client._parent is not client:
             if self._kind == "sqlite" and not getattr(client, "_finalized", True):
@@ -114,16 +117,19 @@ class OwnedDatabase:
 
     @property
     def kind(self) -> str:
+        """The URL's kind of database."""
         return self.url.kind
 
     def __repr__(self) -> str:
         return repr(self.url.redacted)
 
     async def open(self) -> None:
+        """Make the client (no I/O until its first statement)."""
         if self._client is None:
             self._client = self.url.client()
 
     async def aclose(self) -> None:
+        """Close the client, if open."""
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -134,6 +140,7 @@ class OwnedDatabase:
         return self._client is not None
 
     def client(self) -> BaseDBAsyncClient:
+        """The dict's own client; ``BackendError`` when it is closed."""
         if self._client is None:
             raise BackendError(f"the connection to {self.url.redacted} is closed")
         return self._client

@@ -31,11 +31,14 @@ __all__ = ["Dialect", "Identity", "Session", "Statements", "Write"]
 class Session(Protocol):
     """One driver connection, as the dict uses it; statements take ``$n`` parameters."""
 
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        """The rows ``sql`` returns with ``args``."""
 
-    async def execute(self, sql: str, args: Sequence[Any]) -> None: ...
+    async def execute(self, sql: str, args: Sequence[Any]) -> None:
+        """Run ``sql`` with ``args``, for its effect."""
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row of arguments (in as few round trips as the driver can)."""
 
 
 class Statements:
@@ -128,7 +131,8 @@ class Dialect(ABC):
         self.name = name
         self.keyspace = keyspace
         self.log_keep = log_keep
-        self.trim_every = max(1, min(100, log_keep // 4))
+        #: The log is trimmed every ``trim_every`` versions: it holds up to ``log_keep + trim_every``.
+        self.trim_every: int = max(1, min(100, log_keep // 4))
 
     # -- what each dialect provides ----------------------------------------------------------------
 
@@ -182,6 +186,7 @@ class Dialect(ABC):
         return text
 
     def missing(self) -> BackendError:
+        """The error for a dict whose version row is gone (dropped, or never made)."""
         return BackendError(f"the version row of dict {self.name!r} is missing")
 
     async def prepare(self, client: BaseDBAsyncClient) -> Identity:
@@ -253,6 +258,8 @@ class Dialect(ABC):
             yield Write(self, s, int(rows[0][0]), rows[0][1])
 
     def trim_due(self, version: int) -> bool:
+        """Whether the commit of ``version`` should trim the log (every ``trim_every`` versions, once
+        the log is longer than ``log_keep``)."""
         return version % self.trim_every == 0 and version > self.log_keep
 
     async def trim(self, s: Session, version: int) -> None:

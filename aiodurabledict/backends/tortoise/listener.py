@@ -62,7 +62,8 @@ class Listener:
         self.conn = conn
         self.channels: dict[str, set[asyncio.Queue[str | BaseException]]] = {}
         self.broken: BaseException | None = None
-        self.heard_at = time.monotonic()
+        #: When the connection last showed it is alive, by a notice or a check (``time.monotonic()``).
+        self.heard_at: float = time.monotonic()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         conn.add_termination_listener(lambda _conn: self._break(BackendError("the LISTEN connection closed")))

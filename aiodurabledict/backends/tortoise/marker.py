@@ -31,7 +31,7 @@ __all__ = ["Mark", "Marker", "Seen"]
 
 _PENDING = b"pending"
 
-log = logging.getLogger("aiodurabledict")
+log: logging.Logger = logging.getLogger("aiodurabledict")
 
 # What a memcached call can fail with: its client's own errors, the network, our timeout, a reply cut short.
 _FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, EOFError)
@@ -51,6 +51,7 @@ class Mark:
     token: str | None
 
     def encode(self) -> bytes:
+        """The marker's value: ``version:token`` in ASCII (``decode`` reads it back)."""
         return f"{self.version}:{self.token or ''}".encode("ascii")
 
     @classmethod
@@ -87,8 +88,10 @@ class Marker:
         self.key = key
         self.timeout = timeout
         self.backoff = backoff
-        self.down_until = 0.0
-        self.failures = 0
+        #: Reads rest until this ``time.monotonic()`` after a failure.
+        self.down_until: float = 0.0
+        #: memcached calls that failed so far.
+        self.failures: int = 0
         self._warned_at = 0.0
         try:
             self._reader: Reader | None = Reader(client, timeout)

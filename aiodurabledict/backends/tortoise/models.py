@@ -36,14 +36,16 @@ class DictVersion(Model):
     ``secret``: signs the dict's notices; whoever can read this row can forge them.
     """
 
-    name = fields.CharField(max_length=255, primary_key=True)
-    version = fields.BigIntField(default=0)
-    horizon = fields.BigIntField(default=0)
-    token = fields.CharField(max_length=32, null=True)
-    store = fields.CharField(max_length=32, null=True)
-    secret = fields.CharField(max_length=64, null=True)
+    name: fields.CharField[str] = fields.CharField(max_length=255, primary_key=True)
+    version: fields.BigIntField = fields.BigIntField(default=0)
+    horizon: fields.BigIntField = fields.BigIntField(default=0)
+    token: fields.CharField[str | None] = fields.CharField(max_length=32, null=True)
+    store: fields.CharField[str | None] = fields.CharField(max_length=32, null=True)
+    secret: fields.CharField[str | None] = fields.CharField(max_length=64, null=True)
 
     class Meta:
+        """Tortoise's options: the table's name."""
+
         table = "aiodurabledict_version"
 
 
@@ -51,28 +53,34 @@ class DictChange(Model):
     """A key changed (written or deleted) by the commit that raised dict ``name`` to ``version``,
     whose token is ``token``."""
 
-    id = fields.BigIntField(primary_key=True)
-    name = fields.CharField(max_length=255)
-    version = fields.BigIntField()
-    key = fields.TextField()
-    token = fields.CharField(max_length=32, null=True)
+    id: fields.BigIntField = fields.BigIntField(primary_key=True)
+    name: fields.CharField[str] = fields.CharField(max_length=255)
+    version: fields.BigIntField = fields.BigIntField()
+    key: fields.TextField = fields.TextField()
+    token: fields.CharField[str | None] = fields.CharField(max_length=32, null=True)
 
     class Meta:
+        """Tortoise's options: the table's name, and the index a cache's catch-up query reads."""
+
         table = "aiodurabledict_change"
-        indexes = (Index(fields=("name", "version"), name="aiodurabledict_change_name_version"),)
+        indexes: tuple[Index, ...] = (
+            Index(fields=("name", "version"), name="aiodurabledict_change_name_version"),
+        )
 
 
 class DurableEntry(Model):
     """A ready key/value table: ``ModelDict(DurableEntry, keyspace="settings")``."""
 
-    id = fields.BigIntField(primary_key=True)
-    keyspace = fields.CharField(max_length=255)
-    key = fields.CharField(max_length=ENTRY_KEY_LENGTH)
-    value = fields.BinaryField()
+    id: fields.BigIntField = fields.BigIntField(primary_key=True)
+    keyspace: fields.CharField[str] = fields.CharField(max_length=255)
+    key: fields.CharField[str] = fields.CharField(max_length=ENTRY_KEY_LENGTH)
+    value: fields.BinaryField[bytes] = fields.BinaryField()
 
     class Meta:
+        """Tortoise's options: the table's name; a key is unique within its keyspace."""
+
         table = "aiodurabledict_entry"
-        unique_together = (("keyspace", "key"),)
+        unique_together: tuple[tuple[str, str], ...] = (("keyspace", "key"),)
 
 
 VERSION_TABLE: str = DictVersion._meta.db_table

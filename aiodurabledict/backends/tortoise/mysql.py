@@ -16,7 +16,7 @@ import importlib
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tortoise.exceptions import DBConnectionError, OperationalError
 
@@ -75,17 +75,17 @@ class MysqlStatements(Statements):
         named = "`name` = $1 AND CAST(`name` AS BINARY) = CAST($1 AS BINARY)"
         cols_in = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
         vals_in = "$1, $2, $3" if ks else "$1, $2"
-        self.ensure_version = (
+        self.ensure_version: str = (
             f"INSERT INTO {ver} (`name`, `version`, `horizon`, `store`, `secret`) VALUES ($1, 0, 0, $2, $3) "
             "ON DUPLICATE KEY UPDATE `name` = `name`"
         )
-        self.fill_identity = f"UPDATE {ver} SET `store` = COALESCE(`store`, $2), `secret` = COALESCE(`secret`, $3) WHERE `name` = $1"
-        self.identity = f"SELECT `store`, `secret` FROM {ver} WHERE `name` = $1"
-        self.load = (
+        self.fill_identity: str = f"UPDATE {ver} SET `store` = COALESCE(`store`, $2), `secret` = COALESCE(`secret`, $3) WHERE `name` = $1"
+        self.identity: str = f"SELECT `store`, `secret` FROM {ver} WHERE `name` = $1"
+        self.load: str = (
             f"SELECT v.`version`, v.`token`, t.{k}, t.{v} FROM {ver} v "
             f"LEFT JOIN {t} t ON {scoped(2, '') or 'TRUE'} WHERE v.`name` = $1"
         )
-        self.since = (
+        self.since: str = (
             f"SELECT v.`version`, v.`horizon`, v.`token`, "
             f"(SELECT `token` FROM {chg} WHERE {named} AND `version` = $2 LIMIT 1), "
             f"CONVERT(c.`k` USING utf8mb4), "
@@ -93,24 +93,24 @@ class MysqlStatements(Statements):
             f"FROM {ver} v LEFT JOIN (SELECT CAST(`key` AS BINARY) AS `k` FROM {chg} "
             f"WHERE {named} AND `version` > $2) c ON TRUE WHERE v.`name` = $1"
         )
-        self.lock = f"SELECT `version`, `token` FROM {ver} WHERE `name` = $1 FOR UPDATE"
-        self.commit = f"UPDATE {ver} SET `version` = $2, `token` = $3 WHERE `name` = $1"
+        self.lock: str = f"SELECT `version`, `token` FROM {ver} WHERE `name` = $1 FOR UPDATE"
+        self.commit: str = f"UPDATE {ver} SET `version` = $2, `token` = $3 WHERE `name` = $1"
         if row_alias:
             # MySQL 8.0.20 deprecates VALUES() in ON DUPLICATE KEY UPDATE; MariaDB has no row alias.
-            self.upsert = f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) AS `new` ON DUPLICATE KEY UPDATE {v} = `new`.{v}"
+            self.upsert: str = f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) AS `new` ON DUPLICATE KEY UPDATE {v} = `new`.{v}"
         else:
             self.upsert = (
                 f"INSERT INTO {t} ({cols_in}) VALUES ({vals_in}) ON DUPLICATE KEY UPDATE {v} = VALUES({v})"
             )
-        self.get = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
-        self.delete = f"DELETE FROM {t} WHERE {k} = $1{scoped_bare(2)}"
-        self.select_all = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
-        self.delete_all = f"DELETE FROM {t}{scoped_bare(1, ' WHERE ')}"
-        self.log = f"INSERT INTO {chg} (`name`, `version`, `key`, `token`) VALUES ($1, $2, $3, $4)"
-        self.trim = f"DELETE FROM {chg} WHERE {named} AND `version` < $2"
-        self.horizon = f"UPDATE {ver} SET `horizon` = $2 WHERE `name` = $1 AND `horizon` < $2"
-        self.forget_log = f"DELETE FROM {chg} WHERE {named}"
-        self.forget_version = f"DELETE FROM {ver} WHERE `name` = $1"
+        self.get: str = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
+        self.delete: str = f"DELETE FROM {t} WHERE {k} = $1{scoped_bare(2)}"
+        self.select_all: str = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
+        self.delete_all: str = f"DELETE FROM {t}{scoped_bare(1, ' WHERE ')}"
+        self.log: str = f"INSERT INTO {chg} (`name`, `version`, `key`, `token`) VALUES ($1, $2, $3, $4)"
+        self.trim: str = f"DELETE FROM {chg} WHERE {named} AND `version` < $2"
+        self.horizon: str = f"UPDATE {ver} SET `horizon` = $2 WHERE `name` = $1 AND `horizon` < $2"
+        self.forget_log: str = f"DELETE FROM {chg} WHERE {named}"
+        self.forget_version: str = f"DELETE FROM {ver} WHERE `name` = $1"
 
 
 def _library_ddl(with_entry: bool) -> list[str]:
@@ -220,7 +220,11 @@ class MysqlDialect(Dialect):
     """A dict in a MySQL or MariaDB table."""
 
     kind = "mysql"
-    errors = (*_mysql_errors(), DBConnectionError, OperationalError)
+    errors: ClassVar[tuple[type[BaseException], ...]] = (
+        *_mysql_errors(),
+        DBConnectionError,
+        OperationalError,
+    )
 
     def __init__(self, cols: Columns, name: str, keyspace: str | None, log_keep: int) -> None:
         super().__init__(cols, name, keyspace, log_keep)
@@ -230,11 +234,13 @@ class MysqlDialect(Dialect):
 
     @property
     def sql(self) -> MysqlStatements:
+        """The statements, built by ``create()`` (they depend on the key column's collation)."""
         if self._sql is None:
             raise RuntimeError("the dict's statements are known once it has opened")
         return self._sql
 
     def check_key(self, key: str) -> None:
+        """Refuse a key ending in a space where the key column's collation ignores trailing spaces."""
         if self._pads and key.endswith(" "):
             raise InvalidKeyError(
                 "the key column's collation ignores trailing spaces, so this key would be another one's"

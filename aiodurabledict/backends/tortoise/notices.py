@@ -23,7 +23,7 @@ from ..._backend import Delta
 
 __all__ = ["NOTIFY_PAYLOAD_BYTES", "BadNoticeError", "Complaints", "pads", "read", "signed", "tail"]
 
-log = logging.getLogger("aiodurabledict")
+log: logging.Logger = logging.getLogger("aiodurabledict")
 
 #: NOTIFY payloads must stay under 8000 bytes; larger changes are announced by version only.
 NOTIFY_PAYLOAD_BYTES = 7000
@@ -90,11 +90,14 @@ class Complaints:
     def __init__(self, what: str, every: float = 60.0) -> None:
         self.what = what
         self.every = every
-        self.count = 0
+        #: Payloads noted so far.
+        self.count: int = 0
         self._quiet = 0
         self._next = 0.0
 
     def note(self, reason: str) -> None:
+        """Count a payload that is not a notice, and warn about it (``reason`` says why) unless a
+        warning went out less than ``every`` seconds ago."""
         self.count += 1
         now = time.monotonic()
         if now < self._next:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tortoise.exceptions import DBConnectionError, OperationalError
 
@@ -59,17 +59,19 @@ class _PostgresSession:
 
 
 class _PostgresStatements(StandardStatements):
+    """The shared statements, plus PostgreSQL's own: ``notify``, and ``set`` in one statement."""
+
     def __init__(self, cols: Columns) -> None:
         super().__init__(cols)
         t, v, ks = self.table, self.v, self.ks
         ver, chg = quote(VERSION_TABLE), quote(CHANGE_TABLE)
-        self.notify = "SELECT pg_notify($1, $2)"
+        self.notify: str = "SELECT pg_notify($1, $2)"
         # set() in one statement. The version row is locked first and read as it was (the subquery
         # FOR UPDATE waits for, then sees, the latest commit); the row and the log follow; the notice
         # is signed in SQL (HMAC-SHA256 from the pads of the secret) and goes out at commit.
         # $1 name, $2 key, $3 value, $4 token, $5 the notice's tail, $6 channel, $7 outer pad,
         # $8 inner pad, $9 keyspace.
-        self.set = (
+        self.set: str = (
             f'WITH v AS (UPDATE {ver} AS x SET "version" = o."version" + 1, "token" = $4 '
             f'FROM (SELECT "version", "token" FROM {ver} WHERE "name" = $1 FOR UPDATE) AS o '
             'WHERE x."name" = $1 RETURNING x."version", o."token" AS "prev"), '
@@ -87,33 +89,39 @@ class PostgresDialect(Dialect):
     """A dict in a PostgreSQL table. ``channel`` and ``secret`` come from the version row at ``prepare``."""
 
     kind = "postgres"
-    errors = ERRORS
+    errors: ClassVar[tuple[type[BaseException], ...]] = ERRORS
 
     def __init__(self, cols: Columns, name: str, keyspace: str | None, log_keep: int) -> None:
         super().__init__(cols, name, keyspace, log_keep)
         self._sql = _PostgresStatements(cols)
-        self.channel = ""
-        self.secret = b""
+        self.channel: str = ""
+        self.secret: bytes = b""
         self._pads = (b"", b"")
 
     @property
     def sql(self) -> _PostgresStatements:
+        """The statements, with PostgreSQL's one-statement ``set``."""
         return self._sql
 
     def check_key(self, key: str) -> None:
+        """Refuse a key holding NUL, which PostgreSQL text cannot store."""
         if "\x00" in key:
             raise InvalidKeyError("PostgreSQL text cannot hold NUL characters; this key has one")
 
     def check_text(self, key: str, text: str) -> None:
+        """Refuse a text value holding NUL, which PostgreSQL text cannot store."""
         if "\x00" in text:
             raise EncodeError(f"the value for key {key!r} holds NUL, which PostgreSQL text cannot store")
 
     @asynccontextmanager
     async def session(self, client: BaseDBAsyncClient, *, write: bool = False) -> AsyncIterator[Session]:
+        """A connection from the client's pool (never an application transaction's); with ``write``,
+        inside a transaction of its own."""
         async with connection(client, transaction=write) as conn:
             yield _PostgresSession(conn)
 
     async def create(self, client: BaseDBAsyncClient) -> None:
+        """Create the library's missing tables and columns; one query when nothing is missing."""
         with_entry = self.cols.table == ENTRY_TABLE
         tables = [VERSION_TABLE, CHANGE_TABLE, *([ENTRY_TABLE] if with_entry else [])]
         wanted = [(quote(table), column) for table, columns in NEW_COLUMNS.items() for column in columns]
@@ -141,6 +149,8 @@ class PostgresDialect(Dialect):
                     await s.execute(f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{column}" {kind}', ())
 
     async def prepare(self, client: BaseDBAsyncClient) -> Identity:
+        """The tables, the version row and the identity (``Dialect.prepare``); from the identity, the
+        NOTIFY channel and the secret that signs notices."""
         identity = await super().prepare(client)
         self.channel = "aiodurabledict_" + identity.store
         self.secret = identity.secret
@@ -148,6 +158,7 @@ class PostgresDialect(Dialect):
         return identity
 
     async def announce(self, s: Session, delta: Delta) -> None:
+        """NOTIFY the commit ``delta``, signed; it goes out when the transaction commits."""
         await s.execute(self.sql.notify, [self.channel, signed(self.secret, delta)])
 
     async def set(self, client: BaseDBAsyncClient, key: str, value: bytes) -> Delta:

@@ -11,7 +11,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tortoise.exceptions import DBConnectionError, OperationalError
 
@@ -50,7 +50,7 @@ class _SqliteStatements(StandardStatements):
 
     def __init__(self, cols: Columns) -> None:
         super().__init__(cols)
-        self.lock = self.lock.removesuffix(" FOR UPDATE")
+        self.lock: str = self.lock.removesuffix(" FOR UPDATE")
         for name, sql in vars(self).items():
             if isinstance(sql, str):
                 setattr(self, name, re.sub(r"\$(\d+)", r"?\1", sql))
@@ -60,7 +60,7 @@ class SqliteDialect(Dialect):
     """A dict in a SQLite file."""
 
     kind = "sqlite"
-    errors = (sqlite3.Error, DBConnectionError, OperationalError)
+    errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error, DBConnectionError, OperationalError)
 
     def __init__(self, cols: Columns, name: str, keyspace: str | None, log_keep: int) -> None:
         super().__init__(cols, name, keyspace, log_keep)
@@ -68,10 +68,13 @@ class SqliteDialect(Dialect):
 
     @property
     def sql(self) -> _SqliteStatements:
+        """The statements, with SQLite's parameters."""
         return self._sql
 
     @asynccontextmanager
     async def session(self, client: BaseDBAsyncClient, *, write: bool = False) -> AsyncIterator[Session]:
+        """The application's one connection; with ``write``, inside ``BEGIN IMMEDIATE`` (the database's
+        write lock, taken at once), committed when the block ends and rolled back when it fails."""
         async with client.acquire_connection() as conn:
             session = _SqliteSession(conn)
             if not write:
@@ -86,6 +89,8 @@ class SqliteDialect(Dialect):
                 raise
 
     async def create(self, client: BaseDBAsyncClient) -> None:
+        """Create the library's missing tables and columns, under the write lock (only when something
+        is missing)."""
         with_entry = self.cols.table == ENTRY_TABLE
         tables = [VERSION_TABLE, CHANGE_TABLE, *([ENTRY_TABLE] if with_entry else [])]
         marks = ", ".join("?" for _ in tables)

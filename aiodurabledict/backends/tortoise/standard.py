@@ -18,51 +18,56 @@ class StandardStatements(Statements):
         t = (quote(cols.schema) + "." if cols.schema else "") + quote(cols.table)
         k, v, ver, chg = quote(cols.key), quote(cols.value), quote(VERSION_TABLE), quote(CHANGE_TABLE)
         ks = quote(cols.keyspace) if cols.keyspace else None
-        self.table, self.k, self.v, self.ks = t, k, v, ks
-        self.conflict = ", ".join([ks, k] if ks else [k])
+        #: The table (schema-qualified where it has one), and the key, value and keyspace columns, quoted.
+        self.table: str = t
+        self.k: str = k
+        self.v: str = v
+        self.ks: str | None = ks
+        #: The columns of the upsert's ON CONFLICT (the keyspace's too where the table holds many dicts).
+        self.conflict: str = ", ".join([ks, k] if ks else [k])
 
         def scoped(n: int, joiner: str = " AND ") -> str:
             return f"{joiner}t.{ks} = ${n}" if ks else ""
 
-        self.cols_in = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
+        self.cols_in: str = f"{k}, {v}, {ks}" if ks else f"{k}, {v}"
         vals_in = "$1, $2, $3" if ks else "$1, $2"
-        self.ensure_version = (
+        self.ensure_version: str = (
             f'INSERT INTO {ver} ("name", "version", "horizon", "store", "secret") VALUES ($1, 0, 0, $2, $3) '
             'ON CONFLICT ("name") DO NOTHING'
         )
-        self.fill_identity = (
+        self.fill_identity: str = (
             f'UPDATE {ver} SET "store" = COALESCE("store", $2), "secret" = COALESCE("secret", $3) '
             'WHERE "name" = $1'
         )
-        self.identity = f'SELECT "store", "secret" FROM {ver} WHERE "name" = $1'
-        self.load = (
+        self.identity: str = f'SELECT "store", "secret" FROM {ver} WHERE "name" = $1'
+        self.load: str = (
             f'SELECT v."version", v."token", t.{k}, t.{v} FROM {ver} v '
             f'LEFT JOIN {t} t ON {scoped(2, "") or "TRUE"} WHERE v."name" = $1'
         )
         # The value comes from a correlated subquery: one index lookup per changed key, whatever the
         # planner believes about the table's size (a join may be planned as a scan of the whole dict).
-        self.since = (
+        self.since: str = (
             f'SELECT v."version", v."horizon", v."token", '
             f'(SELECT a."token" FROM {chg} a WHERE a."name" = $1 AND a."version" = $2 LIMIT 1), '
             f'c."key", (SELECT t.{v} FROM {t} t WHERE t.{k} = c."key"{scoped(3)}) '
             f'FROM {ver} v LEFT JOIN (SELECT DISTINCT "key" FROM {chg} WHERE "name" = $1 AND "version" > $2) c '
             'ON TRUE WHERE v."name" = $1'
         )
-        self.lock = f'SELECT "version", "token" FROM {ver} WHERE "name" = $1 FOR UPDATE'
-        self.commit = f'UPDATE {ver} SET "version" = $2, "token" = $3 WHERE "name" = $1'
-        self.upsert = (
+        self.lock: str = f'SELECT "version", "token" FROM {ver} WHERE "name" = $1 FOR UPDATE'
+        self.commit: str = f'UPDATE {ver} SET "version" = $2, "token" = $3 WHERE "name" = $1'
+        self.upsert: str = (
             f"INSERT INTO {t} ({self.cols_in}) VALUES ({vals_in}) "
             f"ON CONFLICT ({self.conflict}) DO UPDATE SET {v} = excluded.{v}"
         )
-        self.get = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
-        self.delete = f"DELETE FROM {t} AS t WHERE t.{k} = $1{scoped(2)}"
-        self.select_all = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
-        self.delete_all = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')}"
-        self.log = f'INSERT INTO {chg} ("name", "version", "key", "token") VALUES ($1, $2, $3, $4)'
-        self.trim = f'DELETE FROM {chg} WHERE "name" = $1 AND "version" < $2'
-        self.horizon = f'UPDATE {ver} SET "horizon" = $2 WHERE "name" = $1 AND "horizon" < $2'
-        self.forget_log = f'DELETE FROM {chg} WHERE "name" = $1'
-        self.forget_version = f'DELETE FROM {ver} WHERE "name" = $1'
+        self.get: str = f"SELECT t.{v} FROM {t} t WHERE t.{k} = $1{scoped(2)}"
+        self.delete: str = f"DELETE FROM {t} AS t WHERE t.{k} = $1{scoped(2)}"
+        self.select_all: str = f"SELECT t.{k}, t.{v} FROM {t} t{scoped(1, ' WHERE ')}"
+        self.delete_all: str = f"DELETE FROM {t} AS t{scoped(1, ' WHERE ')}"
+        self.log: str = f'INSERT INTO {chg} ("name", "version", "key", "token") VALUES ($1, $2, $3, $4)'
+        self.trim: str = f'DELETE FROM {chg} WHERE "name" = $1 AND "version" < $2'
+        self.horizon: str = f'UPDATE {ver} SET "horizon" = $2 WHERE "name" = $1 AND "horizon" < $2'
+        self.forget_log: str = f'DELETE FROM {chg} WHERE "name" = $1'
+        self.forget_version: str = f'DELETE FROM {ver} WHERE "name" = $1'
 
 
 def library_ddl(*, serial: str, blob: str, with_entry: bool) -> list[str]:
