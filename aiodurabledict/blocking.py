@@ -15,6 +15,9 @@ first, as durabledict did). Any number of threads may use a dict at once.
   with ``open_dict`` before the fork reopens in the child at its first use; a wrapped one refuses
   (``NotOpenError``), as the async dict does.
 - At interpreter exit the open dicts are closed and the loop thread stopped.
+- When the store cannot be reached, reads serve the last known values (until ``max_staleness``, if
+  given, passes: then they raise ``StaleError``), as the async dict's do; writes raise
+  ``BackendError``. After ``close()`` reads serve the last values; writes raise ``NotOpenError``.
 - Called from inside a running event loop (async code), every blocking call raises ``RuntimeError``
   instead of deadlocking: use the async dict there.
 """
@@ -32,9 +35,9 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, Unpack, overload
 
 from ._dict import AsyncDurableDict
 from ._types import DictOptions, Missing, Status
-from .errors import NotOpenError
+from .errors import BackendError, NotOpenError, StaleError
 
-__all__ = ["BlockingDict", "open_dict", "wrap"]
+__all__ = ["BlockingDict", "open_dict", "run", "wrap"]
 
 V = TypeVar("V")
 T = TypeVar("T")
@@ -42,12 +45,16 @@ T = TypeVar("T")
 _NO_DEFAULT: Any = object()
 
 
-# Bumped in a forked child: a dict compares it on each read (cheaper than asking the pid).
+# Bumped in a forked child: a dict compares it on each read that is not live (cheaper than asking
+# the pid; a dict opened before the fork is never live in the child).
 _forks = [0]
+# Held while a dict opened before a fork reopens in the child: its threads wait for one reopening.
+_reopening = [threading.Lock()]
 
 
 def _forked() -> None:
     _forks[0] += 1
+    _reopening[0] = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -64,10 +71,40 @@ class _Loop:
         self._fork = _forks[0]
 
     def run(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-        """Run ``func(*args)`` on the loop and wait for its result (or exception)."""
+        """Run ``func(*args)`` on the loop and wait for its result (or exception).
+
+        The caller waits on a bare lock that the task's completion releases: about a third cheaper
+        than ``run_coroutine_threadsafe`` and its ``concurrent.futures`` condition.
+        """
         _refuse_inside_a_loop()
-        future = asyncio.run_coroutine_threadsafe(func(*args), self._running())
-        return future.result()
+        loop = self._running()
+        coro = func(*args)
+        done = threading.Lock()
+        done.acquire()
+        outcome: list[asyncio.Future[T] | BaseException] = []
+
+        def finished(task: asyncio.Future[T]) -> None:
+            outcome.append(task)
+            done.release()
+
+        def start() -> None:
+            try:
+                loop.create_task(coro).add_done_callback(finished)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                coro.close()
+                outcome.append(exc)
+                done.release()
+
+        try:
+            loop.call_soon_threadsafe(start)
+        except BaseException:
+            coro.close()
+            raise
+        done.acquire()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result.result()
 
     def _running(self) -> asyncio.AbstractEventLoop:
         if self._fork != _forks[0]:
@@ -110,6 +147,13 @@ _loop = _Loop()
 _open_dicts: weakref.WeakValueDictionary[int, BlockingDict[Any]] = weakref.WeakValueDictionary()
 
 
+def run(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Run ``func(*args)`` (a coroutine function) on the shared loop thread and wait for its result:
+    for the async dict's calls the blocking dict does not mirror, e.g.
+    ``blocking.run(d.async_dict.wait_live, 5)``. Raises ``RuntimeError`` inside a running loop."""
+    return _loop.run(func, *args)
+
+
 def _refuse_inside_a_loop() -> None:
     try:
         asyncio.get_running_loop()
@@ -146,6 +190,7 @@ class BlockingDict(Generic[V]):
         self._reopen = reopen
         self._fork = _forks[0]
         self._pid = os.getpid()
+        self._closed = False
         # last_updated() of the dicts this one replaced (after a fork): it never goes down.
         self._before = 0
 
@@ -163,9 +208,18 @@ class BlockingDict(Generic[V]):
 
     def close(self) -> None:
         """Stop following the store; the dict's reads then serve its last values. Idempotent."""
+        self._closed = True
         _open_dicts.pop(id(self), None)
         if self._fork == _forks[0]:
             self._run(self._async.aclose)
+
+    def drop(self) -> None:
+        """Remove every trace of the dict from its store (values, version, history), then close it.
+
+        Raises ``TypeError`` when the store cannot drop a dict, ``BackendError`` when it fails.
+        """
+        self._run(self._current().drop)
+        self.close()
 
     def __enter__(self) -> Self:
         return self
@@ -175,28 +229,45 @@ class BlockingDict(Generic[V]):
 
     def _current(self) -> AsyncDurableDict[V]:
         """The async dict, reopened here first if it was opened in the parent of a fork."""
-        if self._fork != _forks[0]:
-            if self._reopen is None:
-                raise NotOpenError("this dict was opened in a parent process; open a new one after the fork")
-            self._before = self.last_updated()
-            self._fork, self._pid = _forks[0], os.getpid()
-            self._async = self._reopen()
-            self._view = self._async.view
-            self.open()
+        if self._fork != _forks[0] and not self._closed:
+            with _reopening[0]:
+                # Threads of the child wait for one reopening; the new dict is swapped in only once
+                # it is open, so that no thread reads the parent's (refusing) one meanwhile.
+                if self._fork != _forks[0]:
+                    self._reopen_here()
         return self._async
 
+    def _reopen_here(self) -> None:
+        if self._reopen is None:
+            raise NotOpenError("this dict was opened in a parent process; open a new one after the fork")
+        before = self.last_updated()
+        fresh = self._reopen()
+        self._run(fresh.open)
+        self._async, self._view, self._before = fresh, fresh.view, before
+        self._pid = os.getpid()
+        self._fork = _forks[0]
+        _open_dicts[id(self)] = self
+
     def _fresh(self) -> AsyncDurableDict[V]:
-        """The async dict, its cache checked against the store first unless a live watcher keeps it."""
+        """The async dict, its cache checked against the store first unless a live watcher keeps it
+        (or the dict is closed). A store out of reach leaves the last known values served."""
         d = self._current()
-        if self._autosync and not d.live:
-            self._run(d.sync)
+        if self._autosync and not d.live and not self._closed:
+            try:
+                self._run(d.sync)
+            except StaleError:
+                raise
+            except BackendError:
+                # As the async dict's autosync reads: the last known values (the watcher reports it).
+                pass
         return d
 
     # -- reads: the cache, in the caller's thread ----------------------------------------------------
 
     def __getitem__(self, key: str) -> V:
-        # The hot path, kept to attribute reads: a live watcher, no fork since: a lookup, no hop.
-        if self._fork != _forks[0] or (self._autosync and not self._async.live):
+        # The hot path, one attribute test: a live watcher (never the case for a dict opened before
+        # a fork, in the child) means a lookup, no hop; anything else goes through _fresh().
+        if not self._async.live:
             self._fresh()
         return self._view[key]
 
@@ -207,10 +278,13 @@ class BlockingDict(Generic[V]):
     def get(self, key: str, default: T) -> V | T: ...
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The value under ``key``, or ``default``."""
-        if self._fork != _forks[0] or (self._autosync and not self._async.live):
+        """The value under ``key``, or ``default``; ``DecodeError`` if its stored value is undecodable."""
+        if not self._async.live:
             self._fresh()
-        return self._view.get(key, default)
+        try:
+            return self._view[key]
+        except KeyError:
+            return default
 
     def __contains__(self, key: object) -> bool:
         return key in self._fresh()
@@ -242,8 +316,11 @@ class BlockingDict(Generic[V]):
 
     @property
     def view(self) -> Mapping[str, V]:
-        """The live read-only mapping of the cache: never checks, never hops (for hot loops)."""
-        return self._current().view
+        """The live read-only mapping of the cache: never checks, never hops (for hot loops). After a
+        fork, take it again from the dict: the parent's refuses."""
+        if self._fork != _forks[0]:
+            self._current()
+        return self._view
 
     # -- writes and syncs: on the shared loop ----------------------------------------------------------
 
@@ -315,7 +392,8 @@ class BlockingDict(Generic[V]):
 
     @property
     def async_dict(self) -> AsyncDurableDict[V]:
-        """The async dict underneath (use it only from the shared loop's thread)."""
+        """The async dict underneath: its reads from any thread, its awaitable calls only on the
+        shared loop (``run()``)."""
         return self._current()
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -11,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from aiodurabledict import MISSING, MemoryDict, NotOpenError, blocking
+from aiodurabledict import (
+    MISSING,
+    DecodeError,
+    MemoryDict,
+    MemoryStore,
+    NotOpenError,
+    RawCodec,
+    StaleError,
+    blocking,
+)
 
 
 def _url() -> str:
@@ -190,3 +200,126 @@ def test_a_closed_dict_refuses_writes() -> None:
         d["k"] = 1
     with pytest.raises(NotOpenError):
         d.sync()
+
+
+def test_reads_serve_the_last_values_while_the_store_is_down() -> None:
+    """A read that checks the store (no push watcher) serves the last known values when the store
+    fails, as the async dict's autosync reads do, until max_staleness passes: then StaleError.
+    Writes raise BackendError meanwhile."""
+    store = MemoryStore()
+    with blocking.wrap(MemoryDict(store, watch=False, max_staleness=0.3)) as d:
+        d["k"] = 1
+        store.failing = True
+        assert d["k"] == 1
+        assert d.get("k") == 1
+        assert "k" in d
+        assert dict(d.items()) == {"k": 1}
+        threading.Event().wait(0.4)
+        with pytest.raises(StaleError):
+            d["k"]
+        store.failing = False
+        # Once the store answers again (after the syncer's backoff), reads check it again.
+        for _ in range(500):
+            with contextlib.suppress(StaleError):
+                assert d["k"] == 1
+                break
+            threading.Event().wait(0.02)
+        else:
+            pytest.fail("reads still raise StaleError 10 s after the store came back")
+
+
+def test_reads_serve_the_last_values_after_close() -> None:
+    """After close(), reads serve the dict's last values (with or without a watcher, with or without
+    autosync); writes and syncs refuse."""
+    url = _url()
+    for opts in ({}, {"watch": False}, {"watch": False, "autosync": False}):
+        d = blocking.open_dict(url, **opts)  # type: ignore[arg-type]
+        d["k"] = 1
+        d.close()
+        assert d["k"] == 1
+        assert d.get("k") == 1
+        assert len(d) == 1
+        assert dict(d) == {"k": 1}
+        with pytest.raises(NotOpenError):
+            d["k"] = 2
+
+
+def test_get_of_an_undecodable_value_raises_decode_error() -> None:
+    """get() of a key whose stored value cannot be decoded raises DecodeError naming it, as d[k]
+    does, instead of returning the default."""
+    url = _url()
+    with blocking.open_dict(url, codec=RawCodec()) as raw:
+        raw["bad"] = b"\xff not json"
+    with blocking.open_dict(url) as d:
+        with pytest.raises(DecodeError) as info:
+            d.get("bad")
+        assert info.value.key == "bad"
+        with pytest.raises(DecodeError):
+            d.get("bad", "default")
+        assert d.get("absent", "default") == "default"
+
+
+def test_threads_of_a_forked_child_share_one_reopening() -> None:
+    """16 threads of a forked child using a dict opened before the fork all at once: every read
+    succeeds and the dict is reopened exactly once; a dict closed before the fork stays closed."""
+    code = r"""
+import gc, os, threading
+from aiodurabledict import AsyncDurableDict, blocking
+
+d = blocking.open_dict("memory://fork-threads")
+d["k"] = 1
+closed = blocking.open_dict("memory://fork-closed")
+closed["c"] = 2
+closed.close()
+pid = os.fork()
+if pid == 0:
+    errors = []
+    barrier = threading.Barrier(16)
+
+    def read():
+        barrier.wait()
+        try:
+            assert d["k"] == 1
+            assert d.get("k") == 1
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=read) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    opened = [o for o in gc.get_objects() if isinstance(o, AsyncDurableDict) and o.status.open]
+    print(errors, len(opened), closed["c"], flush=True)
+    os._exit(0 if not errors and len(opened) == 1 and closed["c"] == 2 else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child 0" in result.stdout, result.stdout
+
+
+def test_run_calls_the_async_dict_on_the_shared_loop() -> None:
+    """blocking.run() runs a coroutine function of the async dict on the shared loop (here
+    wait_live, which the blocking dict does not mirror) and returns its result."""
+    with blocking.open_dict(_url()) as d:
+        blocking.run(d.async_dict.wait_live, 10)
+        assert d.live
+        d["k"] = [1]
+        assert blocking.run(d.async_dict.snapshot) == {"k": [1]}
+
+
+def test_drop_empties_the_store_and_closes() -> None:
+    """drop() removes the dict from its store and closes it; a new dict on it starts empty."""
+    url = _url()
+    d = blocking.open_dict(url)
+    d.update(a=1, b=2)
+    d.drop()
+    assert not d.status.open
+    with pytest.raises(NotOpenError):
+        d["a"] = 1
+    with blocking.open_dict(url) as again:
+        assert len(again) == 0
