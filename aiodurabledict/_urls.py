@@ -52,10 +52,10 @@ _OPENERS: Mapping[str, tuple[str, str]] = {
     "redis+cluster": (".backends.redis.url", "redis"),
     "redis+sentinel": (".backends.redis.url", "redis"),
     "zookeeper": (".backends.zookeeper.url", "zookeeper"),
-    "sqlite": (".backends.tortoise.url", "tortoise"),
-    "postgres": (".backends.tortoise.url", "postgres"),
-    "postgresql": (".backends.tortoise.url", "postgres"),
-    "mysql": (".backends.tortoise.url", "mysql"),
+    "sqlite": (".backends.tortoise.opener", "tortoise"),
+    "postgres": (".backends.tortoise.opener", "postgres"),
+    "postgresql": (".backends.tortoise.opener", "postgres"),
+    "mysql": (".backends.tortoise.opener", "mysql"),
     "memory": (".backends.memory_url", ""),
 }
 SCHEMES = tuple(_OPENERS)

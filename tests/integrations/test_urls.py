@@ -215,3 +215,38 @@ async def test_redis_over_a_unix_socket(tmp_path: Path) -> None:
     finally:
         proc.kill()
         await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("path", "other_form"),
+    [
+        ("nodir/x.db", "sqlite:////nodir/x.db"),
+        ("/nonexistent-aiodurabledict/x.db", "sqlite:///nonexistent-aiodurabledict/x.db"),
+    ],
+)
+def test_an_sqlite_file_in_a_missing_folder_names_the_other_form(
+    tmp_path: Path, path: str, other_form: str
+) -> None:
+    """sqlite:///relative and sqlite:////absolute: when the folder is missing, the open fails with
+    one line naming the folder and the URL's other form (what a Tortoise user may have meant), no
+    driver traceback, and no file is made anywhere."""
+    pytest.importorskip("tortoise")
+    from tests.integrations._helpers import run_cli
+
+    result = run_cli("list", url=f"sqlite:///{path}", cwd=tmp_path)
+    assert result.returncode == 4
+    assert other_form in result.stderr
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_open_dict_on_a_missing_sqlite_folder_is_a_backend_error(tmp_path: Path) -> None:
+    """The same from the API: ``BackendError`` naming the folder, before any connection is made."""
+    pytest.importorskip("tortoise")
+    from aiodurabledict import BackendError
+
+    d = open_dict(f"sqlite:///{tmp_path}/missing/x.db")
+    with pytest.raises(BackendError, match=r"folder .*missing.* does not exist") as info:
+        await d.open()
+    assert f"sqlite:///{str(tmp_path).lstrip('/')}/missing/x.db" in str(info.value)

@@ -9,6 +9,7 @@ application transaction on PostgreSQL or MySQL.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from tortoise.context import TortoiseContext, get_current_context
@@ -124,8 +125,12 @@ class OwnedDatabase:
         return repr(self.url.redacted)
 
     async def open(self) -> None:
-        """Make the client (no I/O until its first statement)."""
+        """Make the client (no I/O until its first statement); an SQLite file's missing folder is
+        named here, with the URL's other form, rather than as the driver's "unable to open"."""
         if self._client is None:
+            missing = await asyncio.to_thread(self.url.missing_folder)
+            if missing is not None:
+                raise BackendError(missing)
             self._client = self.url.client()
 
     async def aclose(self) -> None:

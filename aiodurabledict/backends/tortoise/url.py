@@ -1,22 +1,26 @@
-"""``sqlite://``, ``postgres://`` and ``mysql://`` URLs: parsed once into a ``DatabaseURL``, from which
-the dict makes (at ``open()``) a Tortoise client of its own; ``open_url`` is ``open_dict``'s opener."""
+"""``sqlite://``, ``postgres://`` and ``mysql://`` URLs, parsed once into a ``DatabaseURL``, from which
+the dict makes (at ``open()``) a Tortoise client of its own.
+
+``sqlite:///relative.db`` is relative to the working directory, ``sqlite:////absolute.db`` absolute
+(three slashes and a path; Tortoise's own URLs read ``sqlite:///data/x.db`` as absolute).
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from ..._types import DEFAULT_KEYSPACE
-from ..._urls import Factory, StoreURL, join, redact
+from ..._urls import join, redact
 
 if TYPE_CHECKING:
     from tortoise.backends.base.client import BaseDBAsyncClient
 
-__all__ = ["SQLITE_OPTIONS", "DatabaseURL", "open_url"]
+__all__ = ["SQLITE_OPTIONS", "DatabaseURL"]
 
 #: The options a ``sqlite://`` URL takes: each becomes a PRAGMA of the dict's own connection.
 SQLITE_OPTIONS = frozenset(
@@ -74,6 +78,30 @@ class DatabaseURL:
             raise error(f"the {scheme}:// URL names no host or database")
         return cls(kind, redacted, _server_arguments(kind, parts, query, error))
 
+    @property
+    def driver(self) -> str:
+        """The module of the Tortoise client this kind of database needs (importing it checks the
+        driver is installed)."""
+        return _CLIENTS[self.kind][0]
+
+    def missing_folder(self) -> str | None:
+        """For an SQLite file whose folder does not exist, what to say (naming the URL's other
+        form, which may be what was meant); ``None`` otherwise. Touches the file system."""
+        if self.kind != "sqlite":
+            return None
+        path = str(self.arguments["file_path"])
+        folder = os.path.dirname(path)
+        if not folder or os.path.isdir(folder):
+            return None
+        if os.path.isabs(path):
+            other = f"for {path.lstrip('/')} in the working directory write sqlite:///{path.lstrip('/')}"
+        else:
+            other = f"for the absolute path /{path} write sqlite:////{path}"
+        return (
+            f"the folder {folder!r} of {self.redacted} does not exist (sqlite:///path is relative to"
+            f" the working directory, {os.getcwd()}, and sqlite:////path absolute: {other})"
+        )
+
     def client(self) -> BaseDBAsyncClient:
         """A new Tortoise client for this database (no I/O until it is used)."""
         module, name = _CLIENTS[self.kind]
@@ -129,26 +157,3 @@ def _server_arguments(
     if parts.port:
         arguments["port"] = parts.port
     return arguments
-
-
-def open_url(url: StoreURL) -> Factory:
-    """The factory of a ``ModelDict`` on the ready ``DurableEntry`` table of the database ``url`` names,
-    with a connection of its own."""
-    query = dict(url.query)
-    url.query.clear()
-    try:
-        database = DatabaseURL.from_parts(url.parts, query, url.error)
-        from .connection import OwnedDatabase
-        from .dict import ModelDict
-        from .models import DurableEntry
-
-        # Say now that a driver is missing, not at open().
-        importlib.import_module(_CLIENTS[database.kind][0])
-    except ImportError as exc:
-        raise url.missing_extra(exc) from exc
-    name = url.keyspace or DEFAULT_KEYSPACE
-
-    def make(opts: dict[str, Any]) -> Any:
-        return ModelDict(DurableEntry, keyspace=name, database=OwnedDatabase(database), **opts)
-
-    return make
