@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integrations._helpers import ROOT, cli_env
-from tests.servers import require_redis, require_zookeeper
+from tests.servers import require_postgres, require_redis, require_zookeeper
 
 EXAMPLES = ROOT / "examples"
 
@@ -43,6 +43,8 @@ def test_every_example_is_covered() -> None:
         "migrate_from_durabledict.py",
         "wsgi_flags.py",
         "worker.py",
+        "model_dict.py",
+        "custom_backend.py",
     } <= names
 
 
@@ -63,3 +65,26 @@ def test_example_runs_and_exits_0(name: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.stdout.strip(), "an example shows what it did"
+
+
+@pytest.mark.postgres
+def test_the_model_dict_example_runs_on_postgresql(tmp_path: Path) -> None:
+    """``examples/model_dict.py`` against PostgreSQL (Tortoise's asyncpg URL), twice: the second run
+    finds the tables and rows of the first and ends with the same settings."""
+    url = require_postgres()
+    env = {**cli_env(), "AIODURABLEDICT_DB": url}
+    outputs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLES / "model_dict.py")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=str(tmp_path),
+            timeout=100,
+            check=False,
+        )
+        assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1]
+    assert "settings: {'feature_x': True, 'limit': 100, 'theme': 'dark'}" in outputs[1]
