@@ -427,11 +427,13 @@ async def test_redis_dict_leaves_the_client_open_unless_it_owns_it() -> None:
         async with RedisDict[Any](keyspace, client) as d:
             await d.set("a", 1)
         assert await client.ping()
-        owned = Redis.from_url(REDIS_URL)
+        owned = Redis.from_url(REDIS_URL, client_name="aiodurabledict-owned")
         async with RedisDict[Any](keyspace, owned, owns_client=True) as d:
+            assert "aiodurabledict-owned" in [c.get("name") for c in await client.client_list()]
             assert d["a"] == 1
-        pool = owned.connection_pool
-        assert not any(c.is_connected for c in (*pool._available_connections, *pool._in_use_connections))
+        # Seen from the server: no connection of the owned client's is left.
+        names = [c.get("name") for c in await client.client_list()]
+        assert "aiodurabledict-owned" not in names
 
 
 async def test_cancelled_calls_leave_the_client_usable() -> None:

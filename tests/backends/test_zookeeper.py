@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from aiodurabledict import ValueTooLargeError
-from aiodurabledict._backend import Delta
+from aiodurabledict import Delta, ValueTooLargeError
 from aiodurabledict.backends.zookeeper import (
     MAX_REQUEST_BYTES,
     MAX_VALUE_BYTES,

@@ -64,6 +64,9 @@ class Engine(Protocol):
     def kill_master(self, keyspace: str) -> None:
         """Kill -9 the master that holds ``keyspace`` now; the engine fails over by itself."""
 
+    async def replicated(self, keyspace: str) -> None:
+        """Wait until the replica of ``keyspace``'s master has everything the master took."""
+
     async def lag(self, keyspace: str) -> None:
         """Cut off the replica of ``keyspace``'s master: what the master takes now is lost by..."""
 
@@ -96,10 +99,13 @@ class ClusterEngine:
         return self.servers.master_for_key(f"{{{keyspace}}}:data")
 
     async def fail_over(self, keyspace: str) -> None:
+        await self.replicated(keyspace)
         master = self._master(keyspace)
-        await asyncio.to_thread(self.servers.wait_replicated, master)
         self._killed.append(master)
         await self.servers.afail_over(master)
+
+    async def replicated(self, keyspace: str) -> None:
+        await asyncio.to_thread(self.servers.wait_replicated, self._master(keyspace))
 
     def kill_master(self, keyspace: str) -> None:
         master = self._master(keyspace)
@@ -143,10 +149,13 @@ class SentinelEngine:
         self._killed: list[Any] = []
 
     async def fail_over(self, keyspace: str) -> None:
+        await self.replicated(keyspace)
         old = self.servers.node_at(self.servers.master_address())
-        await asyncio.to_thread(self.servers.wait_replicated)
         self._killed.append(old)
         await self.servers.afail_over()
+
+    async def replicated(self, keyspace: str) -> None:
+        await asyncio.to_thread(self.servers.wait_replicated)
 
     def kill_master(self, keyspace: str) -> None:
         old = self.servers.node_at(self.servers.master_address())

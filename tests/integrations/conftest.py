@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aiodurabledict._urls import open_dict
+from aiodurabledict import open_dict
 from tests.integrations._helpers import with_query
 from tests.servers import redis_server, require_postgres, unavailable
 from tests.stores.redis import REDIS_URL, redis_keyspace
@@ -24,7 +24,7 @@ async def redis_url() -> AsyncIterator[str]:
         yield with_query(REDIS_URL, keyspace=keyspace)
 
 
-def _sqlite_available() -> None:
+def sqlite_available() -> None:
     try:
         import aiodurabledict.backends.tortoise  # noqa: F401
     except ImportError as exc:
@@ -34,7 +34,7 @@ def _sqlite_available() -> None:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """An ``sqlite://`` URL naming a fresh database file."""
-    _sqlite_available()
+    sqlite_available()
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
@@ -49,7 +49,7 @@ def sqlite_url(tmp_path: Path) -> str:
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh dict's URL on each store that separate processes can share."""
     if request.param == "sqlite":
-        _sqlite_available()
+        sqlite_available()
         yield f"sqlite:///{tmp_path / 'store.db'}"
     elif request.param == "zookeeper":
         from tests.stores.zookeeper import ZOOKEEPER, zookeeper_znode
@@ -57,7 +57,7 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         async with zookeeper_znode() as (path, _clients):
             yield f"zookeeper://{ZOOKEEPER}{path}"
     elif request.param == "postgres":
-        _sqlite_available()
+        sqlite_available()
         url = with_query(require_postgres(), keyspace=f"test-{uuid.uuid4().hex}")
         yield url
         async with open_dict(url, watch=False) as d:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from aiodurabledict._urls import open_dict
+from aiodurabledict import open_dict
 from tests.integrations._helpers import ROOT, arun_cli, cli_env, run_cli, with_query
 from tests.stores.redis import REDIS_URL
 
@@ -232,9 +232,9 @@ def test_console_script_entry_point_is_main() -> None:
 
 def test_default_store_is_an_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:
     """With no ``--url`` and no ``AIODURABLEDICT_URL`` the CLI keeps the dict in ./aiodurabledict.db."""
-    from tests.integrations.conftest import _sqlite_available
+    from tests.integrations.conftest import sqlite_available
 
-    _sqlite_available()
+    sqlite_available()
     assert run_cli("set", "k", '"v"', cwd=tmp_path).returncode == 0
     assert (tmp_path / "aiodurabledict.db").exists()
     assert run_cli("get", "k", cwd=tmp_path).stdout == '"v"\n'
@@ -316,18 +316,29 @@ def test_a_missing_extra_exits_1_naming_it() -> None:
     assert result.stderr.count("\n") == 1
 
 
-def test_the_urls_timeout_holds_unless_the_flag_is_given() -> None:
-    """`?timeout=` in the URL sets the store-call timeout; `--timeout` overrides it only when given."""
-    from aiodurabledict import cli
+@pytest.mark.redis
+async def test_the_urls_timeout_holds_unless_the_flag_is_given() -> None:
+    """`?timeout=` in the URL bounds each store call; `--timeout` overrides it only when given. Seen
+    from outside: against a frozen Redis (a private server, SIGSTOP) the CLI fails with exit 4 and
+    names the bound it waited."""
+    pytest.importorskip("redis")
+    from tests.servers import RedisServer
 
-    parser = cli._parser()
-    for argv, expected in (
-        (["--url", "memory://cli-timeout?timeout=9", "list"], 9.0),
-        (["--url", "memory://cli-timeout?timeout=9", "--timeout", "2", "list"], 2.0),
-        (["--url", "memory://cli-timeout", "list"], 5.0),
-    ):
-        args = parser.parse_args(argv)
-        assert cli._open(args.url, args)._timeout == expected, argv
+    server = RedisServer()
+    await server.astart()
+    try:
+        server.freeze()
+        for argv, waited in (
+            ([f"{server.url}?timeout=0.5", "list"], "0.5 s"),
+            ([f"{server.url}?timeout=0.5", "--timeout", "0.3", "list"], "0.3 s"),
+            ([server.url, "--timeout", "0.4", "list"], "0.4 s"),
+        ):
+            code, _, stderr = await arun_cli("--url", *argv)
+            assert code == 4, stderr
+            assert f"did not answer within {waited}" in stderr, stderr
+    finally:
+        server.thaw()
+        server.close()
 
 
 def test_deeply_nested_json_is_a_usage_error(store_url: str) -> None:

@@ -13,7 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from aiodurabledict._urls import open_dict, redact
+from aiodurabledict import open_dict
+from aiodurabledict._urls import redact
 
 SECRET = "Zq7/Wx#Yv?Ut@Sr"
 PIECES = [SECRET[i : i + 3] for i in range(len(SECRET) - 2) if not set(SECRET[i : i + 3]) & set("/#?@")]

@@ -15,9 +15,7 @@ import pytest
 from fastapi import Depends, FastAPI
 from starlette.requests import HTTPConnection
 
-from aiodurabledict import Change
-from aiodurabledict._dict import AsyncDurableDict
-from aiodurabledict._urls import open_dict
+from aiodurabledict import AsyncDurableDict, Change, open_dict
 from aiodurabledict.backends.memory import MemoryDict, MemoryStore
 from aiodurabledict.errors import BackendError
 from aiodurabledict.fastapi import SyncMiddleware, lifespan, settings_view

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from aiodurabledict._urls import open_dict, redact
+from aiodurabledict import open_dict
+from aiodurabledict._urls import redact
 from aiodurabledict.errors import EncodeError
 from tests.integrations._helpers import ROOT, unique, with_query
 from tests.servers import unavailable

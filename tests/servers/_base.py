@@ -79,7 +79,7 @@ class ServerExited(ServerError):
     """A private server exited while starting (often: its port was taken meanwhile)."""
 
 
-def _ask(port: int, request: bytes, timeout: float = 1.0) -> bytes:
+def ask(port: int, request: bytes, timeout: float = 1.0) -> bytes:
     """Send ``request`` and return the first bytes of the reply (empty on any failure)."""
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
@@ -89,7 +89,7 @@ def _ask(port: int, request: bytes, timeout: float = 1.0) -> bytes:
         return b""
 
 
-def _ask_all(port: int, request: bytes, timeout: float = 1.0) -> bytes:
+def ask_all(port: int, request: bytes, timeout: float = 1.0) -> bytes:
     """Send ``request`` and return the whole reply, up to the server closing (empty on any failure)."""
     reply = b""
     try:

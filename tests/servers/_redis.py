@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from tests.servers._base import HOST, Server, _ask, wait_for
+from tests.servers._base import HOST, Server, ask, wait_for
 
 
 def redis_call(port: int, *args: str | int, timeout: float = 2.0) -> Any:
@@ -66,7 +66,7 @@ class RedisNode(Server):
 
     def pings(self) -> bool:
         """True when the node answers PING now."""
-        return _ask(self.port, b"PING\r\n").startswith(b"+PONG")
+        return ask(self.port, b"PING\r\n").startswith(b"+PONG")
 
     def call(self, *args: str | int, timeout: float = 2.0) -> Any:
         """One command to this node (see ``redis_call()``)."""

@@ -20,8 +20,8 @@ from tests.servers._base import (
     HOST,
     Server,
     ServerError,
-    _ask,
     answers,
+    ask,
     serve,
     service_user,
     unavailable,
@@ -73,7 +73,7 @@ class RedisServer(Server):
         ]  # fmt: skip
 
     def _ready(self) -> bool:
-        return _ask(self.port, b"PING\r\n").startswith(b"+PONG")
+        return ask(self.port, b"PING\r\n").startswith(b"+PONG")
 
 
 class MemcachedServer(Server):
@@ -94,7 +94,7 @@ class MemcachedServer(Server):
         return command
 
     def _ready(self) -> bool:
-        return _ask(self.port, b"version\r\n").startswith(b"VERSION")
+        return ask(self.port, b"version\r\n").startswith(b"VERSION")
 
 
 _ZOOKEEPER_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/zookeeper/zookeeper.jar")
@@ -150,7 +150,7 @@ class ZookeeperServer(Server):
     def _ready(self) -> bool:
         # "ruok" says imok as soon as the port is open; "srvr" reports the version only once the
         # server takes sessions.
-        return _ask(self.port, b"srvr").startswith(b"Zookeeper version")
+        return ask(self.port, b"srvr").startswith(b"Zookeeper version")
 
 
 def _postgres_bindir() -> Path | None:

@@ -16,7 +16,7 @@ from tests.servers._base import (
     HOST,
     Server,
     ServerExited,
-    _ask_all,
+    ask_all,
     free_ports,
     serve,
     wait_for,
@@ -92,7 +92,7 @@ class ZookeeperPeer(Server):
         """``leader``, ``follower``, ... as ``srvr`` reports it; None when the peer does not serve."""
         if not self.serving:
             return None
-        for line in _ask_all(self.port, b"srvr").decode(errors="replace").splitlines():
+        for line in ask_all(self.port, b"srvr").decode(errors="replace").splitlines():
             if line.startswith("Mode: "):
                 return line.removeprefix("Mode: ").strip()
         return None
