@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .backends.tortoise import ModelDict
     from .backends.zookeeper import ZookeeperDict
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MISSING",

@@ -71,8 +71,8 @@ class Backend(Protocol):
     """
 
     @property
-    def max_key_bytes(self) -> int:
-        """The longest key the store takes, in UTF-8 bytes."""
+    def max_key_bytes(self) -> int | None:
+        """The longest key the store takes, in UTF-8 bytes; ``None`` for no limit of ours."""
 
     @property
     def max_value_bytes(self) -> int | None:

@@ -439,10 +439,9 @@ class AsyncDurableDict(CachedView[V]):
             size = len(key.encode("utf-8"))
         except UnicodeEncodeError as exc:
             raise InvalidKeyError(f"the key is not valid unicode text: {exc.reason}") from None
-        if size > self._backend.max_key_bytes:
-            raise InvalidKeyError(
-                f"the key is {size} bytes long; this store takes {self._backend.max_key_bytes}"
-            )
+        limit = self._backend.max_key_bytes
+        if limit is not None and size > limit:
+            raise InvalidKeyError(f"the key is {size} bytes long; this store takes {limit}")
 
     def _encode(self, key: str, value: object) -> bytes:
         try:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from benchmarks._harness import Report, timing_of
+from benchmarks._harness import Report, compare_async, timing_of
 
 GROUP = "asgi"
 SYNC_TIMEOUT = 0.1
@@ -148,6 +148,7 @@ async def run(report: Report, quick: bool) -> None:
                     if app is hello:
                         bare_worst.append(max(result["latencies"]))
             without, with_ = timing_of(bare), timing_of(synced)
+            await _in_process(report, settings, quick)
             report.add(
                 GROUP,
                 "SyncMiddleware, push watcher live: time per request (uvicorn, loopback)",
@@ -184,6 +185,37 @@ async def run(report: Report, quick: bool) -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+async def _in_process(report: Report, settings: Any, quick: bool) -> None:
+    """The middleware's own cost per request, without a server or a client: the app called directly,
+    with and without it, in alternation."""
+    from aiodurabledict.asgi import SyncMiddleware
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(_message: Any) -> None:
+        return None
+
+    wrapped = SyncMiddleware(hello, [settings], lifespan=False)
+
+    async def with_middleware() -> None:
+        await wrapped({"type": "http", "path": "/"}, receive, send)
+
+    async def bare() -> None:
+        await hello({"type": "http", "path": "/"}, receive, send)
+
+    repeats, inner = (5, 2_000) if quick else (30, 20_000)
+    timing, base = await compare_async(with_middleware, bare, repeats=repeats, inner=inner)
+    report.add(
+        GROUP,
+        "SyncMiddleware, push watcher live: one request, in process (no server, no client)",
+        timing,
+        baseline="the same app called directly",
+        baseline_timing=base,
+        note=f"the middleware's own cost: {(timing.median - base.median) / 1e3:.2f} µs per request",
+    )
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["load"]:

@@ -23,10 +23,18 @@ def charts(results: dict[str, Any], directory: Path) -> list[Path]:
     return [path for path in written if path is not None]
 
 
+def _store(row: dict[str, Any]) -> str:
+    """The store a row measures: its group, or the database a Tortoise row names ("sqlite: ...")."""
+    name = str(row["name"])
+    return name.split(":")[0] if ":" in name and row["group"] == "tortoise" else str(row["group"])
+
+
 def _label(row: dict[str, Any]) -> str:
     name = str(row["name"]).replace("propagation p50 ", "").replace("propagation ", "")
+    if row["group"] == "tortoise" and ":" in name:
+        name = name.split(":", 1)[1].strip()
     n = f" (N={row['n']:,})" if row.get("n") else ""
-    return f"{row['group']}: {name}{n}"
+    return f"{_store(row)}: {name}{n}"
 
 
 def _propagation(rows: list[dict[str, Any]], directory: Path) -> Path | None:
@@ -41,14 +49,23 @@ def _propagation(rows: list[dict[str, Any]], directory: Path) -> Path | None:
     hues: dict[str, Any] = {}
     fig, ax = plt.subplots(figsize=(10, 5.5))
     floors: set[str] = set()
+    curves: dict[str, int] = {}
     for row in kept:
-        color = hues.setdefault(str(row["group"]), palette(len(hues) % 10))
-        _cumulative(ax, row["samples_ns"], color=color, linestyle="-", label=_label(row))
+        store = _store(row)
+        color = hues.setdefault(store, palette(len(hues) % 10))
+        # A store's second curve (a larger dict) is drawn thicker, in the same hue.
+        width = 1.5 + 1.2 * curves.get(store, 0)
+        curves[store] = curves.get(store, 0) + 1
+        _cumulative(ax, row["samples_ns"], color=color, linestyle="-", width=width, label=_label(row))
         base = row.get("baseline_samples_ns")
-        floor = f"{row['group']}: {row['baseline']}"
+        floor = f"{store}: {row['baseline']}"
         if base and floor not in floors:
             floors.add(floor)
-            _cumulative(ax, base, color=color, linestyle="--", label=f"{floor} (floor)")
+            _cumulative(ax, base, color=color, linestyle="--", width=1.5, label=f"{floor} (floor)")
+        elif row.get("baseline") == "poll_interval" and "poll_interval" not in floors:
+            # A polled store's floor is its poll interval: one dotted line for them all.
+            floors.add("poll_interval")
+            ax.axvline(row["baseline_median_ns"] / 1000, color="grey", linestyle=":", label="poll_interval")
     ax.set_xscale("log")
     ax.set_xlabel("delay from the writer process to the reader's cache (µs, log scale)")
     ax.set_ylabel("fraction of writes seen")
@@ -62,10 +79,12 @@ def _propagation(rows: list[dict[str, Any]], directory: Path) -> Path | None:
     return path
 
 
-def _cumulative(ax: Any, samples_ns: list[float], *, color: Any, linestyle: str, label: str) -> None:
+def _cumulative(
+    ax: Any, samples_ns: list[float], *, color: Any, linestyle: str, width: float, label: str
+) -> None:
     samples = sorted(s / 1000 for s in samples_ns)
     fractions = [(i + 1) / len(samples) for i in range(len(samples))]
-    ax.plot(samples, fractions, color=color, linestyle=linestyle, label=label)
+    ax.plot(samples, fractions, color=color, linestyle=linestyle, linewidth=width, label=label)
     for q, marker in ((0.5, "o"), (0.99, "^")):
         i = min(len(samples) - 1, max(0, round(q * len(samples)) - 1))
         ax.plot([samples[i]], [fractions[i]], marker=marker, color=color, markersize=5, linestyle="none")

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -85,10 +86,15 @@ class Server:
         return {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", text)}
 
     def ask(self, name: str) -> dict[str, Any]:
-        """One request for flag ``name``: the answer of whichever worker took it."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/flags/{name}", timeout=10) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+        """One request for flag ``name``: the answer of whichever worker took it (an error carries
+        the tail of gunicorn's log, where the worker's traceback is)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/flags/{name}", timeout=10) as response:
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            tail = self.log.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{exc}; gunicorn's log ends:\n{tail}") from exc
 
 
 @contextmanager

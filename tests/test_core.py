@@ -23,6 +23,7 @@ from aiodurabledict import (
     AsyncDurableDict,
     BackendError,
     Delta,
+    InvalidKeyError,
     MemoryDict,
     MemoryStore,
     NotOpenError,
@@ -430,3 +431,17 @@ async def test_an_outage_is_logged_once_and_its_end_once(caplog: pytest.LogCaptu
     assert re.search(r"again, after \d+\.\d s", warnings_[1])
     assert sum(r.levelno == logging.DEBUG for r in records) >= 3
     assert all("MemoryDict(MemoryBackend(" in r.getMessage() for r in records)
+
+
+async def test_a_store_without_a_key_limit_takes_any_key_length() -> None:
+    """``max_key_bytes = None`` means no limit of the store's: a 100,000-byte key round-trips, and
+    the key checks that do not depend on a limit still hold."""
+    backend = MemoryBackend(MemoryStore())
+    # As a store of one's own may declare it (the protocol allows None).
+    vars(backend)["max_key_bytes"] = None
+    async with AsyncDurableDict[Any](backend) as d:
+        key = "k" * 100_000
+        await d.set(key, 1)
+        assert d[key] == 1
+        with pytest.raises(InvalidKeyError):
+            await d.set("", 1)

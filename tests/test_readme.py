@@ -15,6 +15,10 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 REPOSITORY = "https://github.com/aiodurabledict/aiodurabledict"
 
 
+# The README's prose, without its code blocks (code may hold anything that looks like a link).
+PROSE = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+
+
 def _section(title: str) -> str:
     start = README.index(f"\n## {title}\n")
     end = README.find("\n## ", start + 1)
@@ -51,7 +55,7 @@ def test_the_top_snippet_runs_as_a_file(tmp_path: Path) -> None:
 
 def test_links_to_the_repository_name_files_that_exist() -> None:
     """Links work on the package index page too (absolute), and each names a file of this tree."""
-    links = re.findall(rf"\]\({re.escape(REPOSITORY)}/(?:blob|raw)/main/([^)#\s]+)\)", README)
+    links = re.findall(rf"\]\({re.escape(REPOSITORY)}/(?:blob|raw)/main/([^)#\s]+)\)", PROSE)
     assert links
     missing = [link for link in links if not (ROOT / link).is_file()]
     assert missing == []
@@ -59,7 +63,7 @@ def test_links_to_the_repository_name_files_that_exist() -> None:
 
 def test_no_link_is_relative() -> None:
     """A relative link breaks on the package index page: every link is absolute or an anchor."""
-    relative = [t for t in re.findall(r"\]\(([^)\s]+)\)", README) if not t.startswith(("https://", "#"))]
+    relative = [t for t in re.findall(r"\]\(([^)\s]+)\)", PROSE) if not t.startswith(("https://", "#"))]
     assert relative == []
 
 
@@ -71,8 +75,8 @@ def _slug(heading: str) -> str:
 
 def test_every_anchor_names_a_heading() -> None:
     """The table of contents and the cross references lead somewhere."""
-    slugs = {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", README, re.MULTILINE)}
-    anchors = set(re.findall(r"\]\(#([^)]+)\)", README))
+    slugs = {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", PROSE, re.MULTILINE)}
+    anchors = set(re.findall(r"\]\(#([^)]+)\)", PROSE))
     assert anchors
     assert anchors - slugs == set()
 

@@ -29,7 +29,7 @@ class _Relay:
         return getattr(self.inner, name)
 
     @property
-    def max_key_bytes(self) -> int:
+    def max_key_bytes(self) -> int | None:
         return self.inner.max_key_bytes
 
     @property

@@ -202,8 +202,9 @@ class DictConformance:
                 await d.set("", 1)
             with pytest.raises(InvalidKeyError):
                 await d.set("\ud800", 1)
-            with pytest.raises(InvalidKeyError):
-                await d.set("k" * (d.backend.max_key_bytes + 1), 1)
+            if d.backend.max_key_bytes is not None:
+                with pytest.raises(InvalidKeyError):
+                    await d.set("k" * (d.backend.max_key_bytes + 1), 1)
             assert isinstance(InvalidKeyError("x"), ValueError)
         assert await store_content(factory) == {}
 

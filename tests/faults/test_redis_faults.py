@@ -320,3 +320,42 @@ async def test_restart_from_an_older_snapshot_converges_every_dict() -> None:
         finally:
             for made in clients:
                 await made.aclose()
+
+
+async def test_a_dict_opens_on_its_snapshot_while_redis_is_down_and_goes_live_when_it_returns(
+    tmp_path: Any,
+) -> None:
+    """snapshot= on a real Redis: the server is stopped, a new dict opens anyway on the snapshot's
+    values (interrupted), then takes the store's content (a key the snapshot lacks included, a key
+    the store lost dropped) and goes live once the server is back."""
+    snapshot = tmp_path / "settings.snapshot"
+    async with private_redis(persistent=True) as (server, clients):
+        async with RedisDict[Any](KEYSPACE, client(server, clients), snapshot=str(snapshot), **FAST) as d:
+            await d.update({"kept": 1, "dropped": 2})
+        await server.astop()
+        d = RedisDict[Any](KEYSPACE, client(server, clients), snapshot=str(snapshot), **FAST)
+        async with d:
+            assert dict(d.view) == {"kept": 1, "dropped": 2}
+            assert d.status.state.value == "interrupted"
+            await server.astart()
+            async with RedisDict[Any](KEYSPACE, client(server, clients), watch=False, **FAST) as other:
+                await other.set("added", 3)
+                await other.delete("dropped")
+            await d.wait_live(timeout=20)
+            await eventually(lambda: dict(d.view) == {"kept": 1, "added": 3}, within=20)
+
+
+async def test_bootstrap_values_serve_while_redis_is_down_and_give_way_to_the_store() -> None:
+    """bootstrap= on a real Redis that is down at open: the defaults serve, then the store's values
+    replace them entirely when it answers."""
+    async with private_redis() as (server, clients):
+        await server.astop()
+        d = RedisDict[Any](KEYSPACE, client(server, clients), bootstrap={"limit": 100, "beta": False}, **FAST)
+        async with d:
+            assert d["limit"] == 100
+            assert d.status.state.value == "interrupted"
+            await server.astart()
+            async with RedisDict[Any](KEYSPACE, client(server, clients), watch=False, **FAST) as writer:
+                await writer.set("limit", 10)
+            await d.wait_live(timeout=20)
+            await eventually(lambda: dict(d.view) == {"limit": 10}, within=20)

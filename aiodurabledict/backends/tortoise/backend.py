@@ -8,7 +8,6 @@ is push: ``PostgresBackend`` has ``subscribe()``; SQLite and MySQL are polled.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -20,6 +19,7 @@ from ..._types import DEFAULT_KEYSPACE
 from ...errors import BackendError, map_exceptions
 from .columns import Columns
 from .connection import AppDatabase, Database
+from .dialect import dialect_for
 from .listener import listen
 from .marker import Mark, Marker, Seen
 from .notices import BadNoticeError, Complaints, read
@@ -34,23 +34,6 @@ if TYPE_CHECKING:
     from .postgres import PostgresDialect
 
 __all__ = ["PostgresBackend", "TortoiseBackend"]
-
-# The dialect of each kind of database, imported only when used (each needs its own driver).
-_DIALECTS = {
-    "sqlite": (".sqlite", "SqliteDialect"),
-    "postgres": (".postgres", "PostgresDialect"),
-    "mysql": (".mysql", "MysqlDialect"),
-}
-
-
-def _dialect_class(kind: str) -> type[Dialect]:
-    if kind not in _DIALECTS:
-        raise ValueError(
-            f"ModelDict supports SQLite, PostgreSQL (through Tortoise's asyncpg client) and MySQL, not {kind}"
-        )
-    module, name = _DIALECTS[kind]
-    dialect: type[Dialect] = getattr(importlib.import_module(module, __package__), name)
-    return dialect
 
 
 class TortoiseBackend:
@@ -104,7 +87,7 @@ class TortoiseBackend:
         self._database: Database = (
             database if database is not None else AppDatabase(model, context, connection)
         )
-        self._dialect = _dialect_class(self._database.kind)(cols, self._name, keyspace, log_keep)
+        self._dialect = dialect_for(self._database.kind)(cols, self._name, keyspace, log_keep)
         self.max_key_bytes: int = cols.max_key_bytes
         self.max_value_bytes: int | None = cols.max_value_bytes
         self.poll_interval = poll_interval
@@ -133,7 +116,7 @@ class TortoiseBackend:
         ``TortoiseBackend`` elsewhere (polled). Takes the options of ``TortoiseBackend``."""
         if database is None:
             database = AppDatabase(model, context, connection)
-        chosen = PostgresBackend if database.kind == "postgres" else TortoiseBackend
+        chosen = PostgresBackend if dialect_for(database.kind).pushes else TortoiseBackend
         return chosen(model, database=database, **options)
 
     @property
@@ -331,7 +314,7 @@ class PostgresBackend(TortoiseBackend):
 
     def __init__(self, model: type[Model], **options: Any) -> None:
         super().__init__(model, **options)
-        if self.kind != "postgres":
+        if not self._dialect.pushes:
             raise ValueError(f"PostgresBackend needs a PostgreSQL database, not {self.kind}")
         self._complaints = Complaints(f"{self!r}: ignoring a NOTIFY on the dict's channel")
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from tortoise.context import TortoiseContext, get_current_context
 
 from ...errors import BackendError
+from .dialect import DIALECT_KINDS, dialect_for
 
 if TYPE_CHECKING:
     from tortoise.backends.base.client import BaseDBAsyncClient
@@ -78,6 +79,10 @@ class AppDatabase:
         if kind == "postgres" and not type(client).__module__.startswith("tortoise.backends.asyncpg"):
             kind = f"postgres through {type(client).__name__}"
         self._kind = kind
+        # Whether the dict shares the application's one connection (SQLite), so that it must not run
+        # inside the application's open transaction; the dialect says (an unknown kind is refused
+        # when the backend is built).
+        self._one_connection = dialect_for(kind).one_connection if kind in DIALECT_KINDS else False
 
     @property
     def kind(self) -> str:
@@ -99,7 +104,7 @@ class AppDatabase:
         client = self._context.connections.get(self.alias)
         # Inside an application transaction the context hands out its wrapper; use the connection itself.
         while getattr(client, "_parent", None) is not None and client._parent is not client:
-            if self._kind == "sqlite" and not getattr(client, "_finalized", True):
+            if self._one_connection and not getattr(client, "_finalized", True):
                 # One connection, locked by that transaction until it ends: waiting would never end.
                 raise BackendError(
                     "on SQLite a dict cannot be used inside an open Tortoise transaction of the same task "

@@ -11,6 +11,7 @@ cache catches up in one query (the log since its version joined with the current
 
 from __future__ import annotations
 
+import importlib
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -26,6 +27,29 @@ if TYPE_CHECKING:
     from tortoise.backends.base.client import BaseDBAsyncClient
 
 __all__ = ["Dialect", "Identity", "Session", "Statements", "Write"]
+
+
+# The dialect of each kind of database, imported only when used (each needs its own driver).
+_DIALECTS = {
+    "sqlite": (".sqlite", "SqliteDialect"),
+    "postgres": (".postgres", "PostgresDialect"),
+    "mysql": (".mysql", "MysqlDialect"),
+}
+
+
+#: The kinds of database a dict can be kept in.
+DIALECT_KINDS = frozenset(_DIALECTS)
+
+
+def dialect_for(kind: str) -> type[Dialect]:
+    """The dialect of a Tortoise client's kind of database; ``ValueError`` for another."""
+    if kind not in _DIALECTS:
+        raise ValueError(
+            f"ModelDict supports SQLite, PostgreSQL (through Tortoise's asyncpg client) and MySQL, not {kind}"
+        )
+    module, name = _DIALECTS[kind]
+    dialect: type[Dialect] = getattr(importlib.import_module(module, __package__), name)
+    return dialect
 
 
 class Session(Protocol):
@@ -121,10 +145,15 @@ class Write:
 
 class Dialect(ABC):
     """One SQL database's way of keeping a dict: statements, sessions, preparation, key checks and
-    the writes. ``errors`` are the driver's exceptions, reported as ``BackendError``."""
+    the writes. ``errors`` are the driver's exceptions, reported as ``BackendError``; ``pushes``: the
+    database tells listeners of each commit (a ``PushBackend`` follows it); ``one_connection``: the
+    application and the dict share one connection, so a dict cannot be used inside the
+    application's open transaction."""
 
     kind: ClassVar[str]
     errors: ClassVar[tuple[type[BaseException], ...]]
+    pushes: ClassVar[bool] = False
+    one_connection: ClassVar[bool] = False
 
     def __init__(self, cols: Columns, name: str, keyspace: str | None, log_keep: int) -> None:
         self.cols = cols

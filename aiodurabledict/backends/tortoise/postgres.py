@@ -89,6 +89,7 @@ class PostgresDialect(Dialect):
     """A dict in a PostgreSQL table. ``channel`` and ``secret`` come from the version row at ``prepare``."""
 
     kind = "postgres"
+    pushes = True
     errors: ClassVar[tuple[type[BaseException], ...]] = ERRORS
 
     def __init__(self, cols: Columns, name: str, keyspace: str | None, log_keep: int) -> None:

@@ -60,6 +60,7 @@ class SqliteDialect(Dialect):
     """A dict in a SQLite file."""
 
     kind = "sqlite"
+    one_connection = True
     errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error, DBConnectionError, OperationalError)
 
     def __init__(self, cols: Columns, name: str, keyspace: str | None, log_keep: int) -> None:
