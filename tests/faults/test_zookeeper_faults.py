@@ -24,6 +24,7 @@ from aiozk.exc import NoAuth
 from aiodurabledict import BackendError
 from aiodurabledict.backends.zookeeper import Credentials, ZookeeperDict, close_client, unescape_key
 from tests.servers import ZookeeperServer
+from tests.stores.zookeeper import expire_session
 
 pytestmark = [pytest.mark.zookeeper, pytest.mark.faults, pytest.mark.slow]
 
@@ -145,7 +146,6 @@ async def test_stop_longer_than_the_session_timeout() -> None:
 
 async def test_expired_session_rereads_the_tree_and_rearms_the_watch() -> None:
     """After its session expires the dict follows the tree again by notices alone (no heartbeat)."""
-    import aiozk
 
     path = f"/faults/{uuid.uuid4().hex}"
     async with private_zookeeper() as (server, client):
@@ -159,14 +159,7 @@ async def test_expired_session_rereads_the_tree_and_rearms_the_watch() -> None:
             await converged(reader, reader_zk, path)
             old_session = reader_zk.session.session_id
 
-            # Expire the reader's session the way ZooKeeper's own tests do: another connection
-            # takes the session over and closes it.
-            thief = aiozk.ZKClient(server.address, session_timeout=SESSION_TIMEOUT)
-            thief.session.session_id = reader_zk.session.session_id
-            thief.session.password = reader_zk.session.password
-            async with asyncio.timeout(20):
-                await thief.start()
-            await close_client(thief, 2.0)
+            await expire_session(reader_zk, server.address, session_timeout=SESSION_TIMEOUT)
 
             await writer.set("while-expiring", 2)
             deadline = time.monotonic() + 60

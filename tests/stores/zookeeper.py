@@ -145,3 +145,28 @@ PARAMS = [
         _zookeeper(servers=require_zookeeper_ensemble), id="zookeeper-ensemble", marks=pytest.mark.zookeeper
     ),
 ]
+
+
+async def expire_session(zk: Any, address: str, *, session_timeout: float = 10.0, attempts: int = 5) -> None:
+    """Expire ``zk``'s session the way ZooKeeper's own tests do: another connection takes the session
+    over and closes it. The owner may reconnect and take its session back before the close arrives
+    (the close then fails): try again until the owner is on a new session."""
+    import aiozk
+
+    from aiodurabledict.backends.zookeeper import close_client
+
+    old = zk.session.session_id
+    loop = asyncio.get_running_loop()
+    for _ in range(attempts):
+        thief = aiozk.ZKClient(address, session_timeout=session_timeout)
+        thief.session.session_id = old
+        thief.session.password = zk.session.password
+        async with asyncio.timeout(20):
+            await thief.start()
+        await close_client(thief, 2.0)
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline:
+            if zk.session.session_id not in (old, None):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the session could not be expired in {attempts} attempts")
