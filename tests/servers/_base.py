@@ -126,7 +126,36 @@ def _kill_leftovers() -> None:
         server.close()
 
 
-class Server:
+class Lifetime:
+    """``with`` and ``async with`` for what starts and closes: a server, a group of servers."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    async def astart(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.astart()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Server(Lifetime):
     """One server process on its own loopback port, owned by the test that started it.
 
     ``start()``/``stop()``/``restart()`` block until the server answers or is gone (bounded by
@@ -343,22 +372,6 @@ class Server:
         except subprocess.TimeoutExpired:
             return False
         return True
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return await self.astart()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.address} pid={self.pid}>"

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from typing import ClassVar, Generic, Self, TypeVar
 
-from tests.servers._base import Server, ServerError, ServerExited, host_port
+from tests.servers._base import Lifetime, Server, ServerError, ServerExited, host_port
 
 _N = TypeVar("_N", bound=Server)
 
 
-class ServerGroup(Generic[_N]):
+class ServerGroup(Lifetime, Generic[_N]):
     """Several private servers that work together (a cluster, a sentinel set, an ensemble).
 
     Subclasses make their nodes in ``_make_nodes()`` (on fresh free ports) and bring them together
@@ -96,22 +95,6 @@ class ServerGroup(Generic[_N]):
     def _close_nodes(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return await self.astart()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {' '.join(node.address for node in self.nodes)}>"
