@@ -221,7 +221,7 @@ async def cluster_client(addresses: list[str]) -> AsyncIterator[RedisCluster]:
 @asynccontextmanager
 async def sentinel_master(sentinels: list[str], service: str) -> AsyncIterator[Redis]:
     """A plain redis-py client of the master that the sentinels name now."""
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves its __init__ unannotated
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # redis-py leaves its __init__ unannotated
         [host_port(a) for a in sentinels], socket_timeout=2, decode_responses=True
     )
     client = sentinel.master_for(service)

@@ -30,7 +30,7 @@ def client_from_spec(spec: dict[str, Any]) -> tuple[Any, list[Any]]:
     from redis.asyncio.sentinel import Sentinel
 
     sentinels = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in spec["sentinels"])]
-    sentinel = Sentinel(sentinels, sentinel_kwargs=CLIENT_OPTIONS, **CLIENT_OPTIONS)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=CLIENT_OPTIONS, **CLIENT_OPTIONS)  # type: ignore[no-untyped-call, unused-ignore]
     return sentinel.master_for(spec["service"]), list(sentinel.sentinels)
 
 

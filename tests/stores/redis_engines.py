@@ -41,7 +41,7 @@ def sentinel_client(**options: Any) -> tuple[Any, list[Any]]:
     from redis.asyncio.sentinel import Sentinel
 
     sentinels, service = require_redis_sentinel()
-    sentinel = Sentinel(_pairs(sentinels), **options)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(_pairs(sentinels), **options)  # type: ignore[no-untyped-call, unused-ignore]
     return sentinel.master_for(service), list(sentinel.sentinels)
 
 

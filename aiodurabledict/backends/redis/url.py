@@ -180,7 +180,7 @@ def _sentinel(url: StoreURL) -> Build:
     from redis.asyncio.sentinel import Sentinel
 
     def build() -> tuple[Any, tuple[Any, ...]]:
-        sentinel = Sentinel(servers, sentinel_kwargs=sentinel_kwargs, **options)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(servers, sentinel_kwargs=sentinel_kwargs, **options)  # type: ignore[no-untyped-call, unused-ignore]
         return sentinel.master_for(service, db=db), tuple(sentinel.sentinels)
 
     return build

@@ -182,7 +182,8 @@ class TortoiseBackend:
         never the application's."""
         if self._marker is not None:
             self._marker.close()
-        await self._database.aclose()
+        async with self._dialect.closing():
+            await self._database.aclose()
 
     # -- reads -----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import importlib
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -175,6 +175,10 @@ class Dialect(ABC):
         self, client: BaseDBAsyncClient, *, write: bool = False
     ) -> AbstractAsyncContextManager[Session]:
         """A driver connection; with ``write``, inside a transaction that commits when the block ends."""
+
+    def closing(self) -> AbstractAsyncContextManager[None]:
+        """Around closing the dict's own client: what the driver needs then (nothing, but on SQLite)."""
+        return nullcontext()
 
     @abstractmethod
     async def create(self, client: BaseDBAsyncClient) -> None:

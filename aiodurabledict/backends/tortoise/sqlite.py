@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tortoise.exceptions import DBConnectionError, OperationalError
 
-from ._aiosqlite import queue_rollback
+from ._aiosqlite import fork_gate, queue_rollback
 from .columns import Columns
 from .dialect import Dialect, Session
 from .models import CHANGE_TABLE, ENTRY_TABLE, VERSION_TABLE
@@ -75,8 +75,9 @@ class SqliteDialect(Dialect):
     @asynccontextmanager
     async def session(self, client: BaseDBAsyncClient, *, write: bool = False) -> AsyncIterator[Session]:
         """The application's one connection; with ``write``, inside ``BEGIN IMMEDIATE`` (the database's
-        write lock, taken at once), committed when the block ends and rolled back when it fails."""
-        async with client.acquire_connection() as conn:
+        write lock, taken at once), committed when the block ends and rolled back when it fails.
+        No fork happens while it is open (see ``ForkGate``)."""
+        async with fork_gate.passage(), client.acquire_connection() as conn:
             session = _SqliteSession(conn)
             if not write:
                 yield session
@@ -88,6 +89,10 @@ class SqliteDialect(Dialect):
             except BaseException:
                 await queue_rollback(session)
                 raise
+
+    def closing(self) -> AbstractAsyncContextManager[None]:
+        """Closing the connection runs SQLite in aiosqlite's thread: no fork meanwhile."""
+        return fork_gate.passage()
 
     async def create(self, client: BaseDBAsyncClient) -> None:
         """Create the library's missing tables and columns, under the write lock (only when something
