@@ -26,6 +26,18 @@ def _cluster() -> tuple[Any, list[Any]]:
     return cluster_client(), []
 
 
+async def _shard_subscribers(node: Any, channel: str) -> int:
+    """``PUBSUB SHARDNUMSUB channel`` asked of one cluster node by a plain client (the cluster
+    client's parsing of that reply differs between redis-py releases, and fails in some)."""
+    plain = Redis(host=node.host, port=node.port)
+    try:
+        reply = await plain.execute_command("PUBSUB", "SHARDNUMSUB", channel)  # type: ignore[no-untyped-call, unused-ignore]
+    finally:
+        await plain.aclose()
+    flat = [item for part in reply for item in (part if isinstance(part, list | tuple) else [part])]
+    return int(flat[1])
+
+
 async def test_cluster_notices_are_sharded_to_the_slots_node() -> None:
     """On Redis Cluster every dict of a client follows its notices with SSUBSCRIBE on the node that
     owns the dict's slot, one connection per such node, and hears another client's commits."""
@@ -40,12 +52,10 @@ async def test_cluster_notices_are_sharded_to_the_slots_node() -> None:
             await eventually(lambda: a.live and b.live)
             channel = a.backend.channel  # type: ignore[attr-defined]
             owner = client.get_node_from_key(channel)
-            numsub = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel, target_nodes=owner)
-            assert numsub[1] == 1  # one connection for both dicts
+            assert await _shard_subscribers(owner, channel) == 1  # one connection for both dicts
             for other in client.get_primaries():
                 if other.name != owner.name:
-                    reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel, target_nodes=other)
-                    assert reply[1] == 0
+                    assert await _shard_subscribers(other, channel) == 0
             await writer.set("k", 1)
             await eventually(lambda: a.view.get("k") == b.view.get("k") == 1)
 
