@@ -88,7 +88,7 @@ class Hub:
         """Follow ``channel``; returns once the server confirmed the subscription."""
         async with self._lock:
             if self._conn is None:
-                conn = await honour_cancel(self.link.connect())
+                conn = await honour_cancel(self.link.connect(), discard=self.link.release)
                 self._conn = conn
                 self._reader = self.loop.create_task(self._read(conn), name=f"aiodurabledict {self.name}")
             conn = self._conn
@@ -142,11 +142,14 @@ class Hub:
         reader, self._reader = self._reader, None
         conn, self._conn = self._conn, None
         self._leaving.clear()
-        if reader is not None:
-            reader.cancel()
-            await asyncio.wait([reader])
-        if conn is not None:
-            await self.link.release(conn)
+        try:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.wait([reader])
+        finally:
+            # Even when the leaver is cancelled meanwhile: nothing else holds the connection now.
+            if conn is not None:
+                await self.link.release(conn)
 
     async def _read(self, conn: Any) -> None:
         silent = 0

@@ -4,7 +4,7 @@ place so that the next upgrade knows where to look."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -41,16 +41,19 @@ def redis_errors(message: str = "Redis failed") -> Iterator[None]:
         raise
 
 
-async def honour_cancel(call: Awaitable[T]) -> T:
+async def honour_cancel(call: Awaitable[T], discard: Callable[[T], Awaitable[object]] | None = None) -> T:
     """Await ``call``, and raise ``CancelledError`` if a cancellation arrived and was swallowed.
 
     redis-py can absorb a cancellation that lands while a connection is being set up or a pipeline
-    is read (the call then returns normally); a task that is being stopped must still stop.
+    is read (the call then returns normally); a task that is being stopped must still stop. What the
+    call made (a connection) is then handed to ``discard`` first, so that nothing is left open.
     """
     task = asyncio.current_task()
     before = 0 if task is None else task.cancelling()
     result = await call
     if task is not None and task.cancelling() > before:
+        if discard is not None:
+            await discard(result)
         raise asyncio.CancelledError
     return result
 
