@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import threading
 import uuid
 from typing import Any
@@ -22,6 +20,7 @@ from aiodurabledict import (
     StaleError,
     blocking,
 )
+from tests.programs import run_python
 
 
 def _url() -> str:
@@ -174,9 +173,7 @@ wrapped["k"] = 5
 assert wrapped["k"] == 5 and opened["k"] == 1
 print("child", os.waitstatus_to_exitcode(status))
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "child 0" in result.stdout
 
@@ -186,9 +183,7 @@ def test_the_interpreter_exits_cleanly_with_dicts_left_open() -> None:
     code = (
         "from aiodurabledict import blocking\nd = blocking.open_dict('memory://x')\nd['k'] = 1\nprint('done')"
     )
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run_python(code, flags=("-W", "error"))
     assert (result.returncode, result.stdout, result.stderr) == (0, "done\n", "")
 
 
@@ -295,9 +290,7 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 print("child", os.waitstatus_to_exitcode(status))
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "child 0" in result.stdout, result.stdout
 

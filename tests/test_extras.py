@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+
+from tests.programs import run_python
 
 
 def _without(modules: list[str], statement: str) -> str:
     """Run ``statement`` in a fresh interpreter where ``modules`` cannot be imported; its stderr."""
     blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in modules)
     code = f"import sys; {blocked}\n{statement}"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    result = run_python(code)
     assert result.returncode != 0
     return result.stderr
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import subprocess
-import sys
 import time
 import warnings
 import weakref
@@ -20,6 +18,7 @@ import pytest
 
 from aiodurabledict import InvalidKeyError, MemoryDict, MemoryStore, NotOpenError
 from aiodurabledict.testing.conformance import eventually
+from tests.programs import run_python
 
 
 def _watchers() -> set[asyncio.Task[Any]]:
@@ -105,12 +104,6 @@ async def test_a_failed_open_may_be_retried() -> None:
         assert d["k"] == 1
 
 
-def _run_in_fork(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_a_forked_child_refuses_synchronous_reads_and_closes_at_once() -> None:
     """In a forked child, d[k], k in d, len(d) and d.view refuse (NotOpenError) instead of serving
     the frozen copy; aclose() there is instant and leaves the parent's dict working."""
@@ -143,7 +136,7 @@ async def main():
 
 asyncio.run(main())
 """
-    result = _run_in_fork(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "child 0" in result.stdout
 
@@ -186,7 +179,7 @@ async def second():
 asyncio.run(second())
 print("ok")
 """
-    result = _run_in_fork(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 

@@ -8,18 +8,12 @@ Each test forks in a Python process of its own (never in pytest's), whose childr
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.programs import run_python
 
 ROUNDS = 15
 CHILDREN = 4
-
-
-def _run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=100, check=False
-    )
 
 
 def test_children_forked_right_after_open_read_the_sqlite_file(tmp_path: Path) -> None:
@@ -52,7 +46,7 @@ for _ in range(rounds):
     d.close()
 print("failed", failed, "of", rounds * children)
 """
-    result = _run(code, f"sqlite:///{tmp_path / 'f.db'}", str(ROUNDS), str(CHILDREN))
+    result = run_python(code, f"sqlite:///{tmp_path / 'f.db'}", str(ROUNDS), str(CHILDREN))
     assert result.returncode == 0, result.stderr
     assert f"failed 0 of {ROUNDS * CHILDREN}" in result.stdout, result.stdout
 
@@ -83,7 +77,7 @@ writer.join()
 d.close()
 print("child", os.waitstatus_to_exitcode(status))
 """
-    result = _run(code, str(tmp_path / "f.db"))
+    result = run_python(code, str(tmp_path / "f.db"))
     assert result.returncode == 0, result.stderr
     assert "child 0" in result.stdout, (result.stdout, result.stderr)
 
@@ -120,7 +114,41 @@ holder.execute("ROLLBACK")
 writer.join()
 d.close()
 """
-    result = _run(code, str(tmp_path / "f.db"))
+    result = run_python(code, str(tmp_path / "f.db"))
     assert result.returncode == 0, result.stderr
     assert "forked while the write waits: True" in result.stdout, result.stdout
     assert "WARNING the process forks while a dict's SQLite statement still runs after 2 s" in result.stdout
+
+
+def test_a_fork_from_inside_the_loop_does_not_wait_for_its_own_sessions(tmp_path: Path) -> None:
+    """A coroutine forks while a write of its own loop is in flight: that write cannot end while the
+    loop is inside fork(), so the gate does not wait for it (no 2 s stall, no warning), and the
+    write completes afterwards in the parent."""
+    code = r"""
+import asyncio, logging, os, sqlite3, sys
+from aiodurabledict import open_dict
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+path = sys.argv[1]
+
+async def main():
+    async with open_dict(f"sqlite:///{path}", watch=False) as d:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(d.set("k", "v"))
+        await asyncio.sleep(0.5)
+        assert not write.done()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        holder.execute("ROLLBACK")
+        await write
+        print("written:", d["k"], flush=True)
+
+asyncio.run(main())
+"""
+    result = run_python(code, str(tmp_path / "f.db"))
+    assert result.returncode == 0, result.stderr
+    assert "written: v" in result.stdout, result.stdout
+    assert "WARNING" not in result.stdout, result.stdout

@@ -78,11 +78,6 @@ class ForkGate:
                     del self._busy[loop]
                 self._cond.notify_all()
 
-    def in_flight(self) -> int:
-        """The sessions in flight, on every loop."""
-        with self._cond:
-            return sum(self._busy.values())
-
     def before_fork(self) -> None:
         """Hold new sessions back; wait for those of other loops to end."""
         try:
